@@ -1,0 +1,47 @@
+"""Plain data that crosses the backend seam (no gRPC, no HTTP types)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    #: OpenAI ``response_format`` object, e.g. {"type": "json_schema", "json_schema": {...}}
+    response_format: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    usage: TokenUsage
+    finish_reason: str = ""
+    #: the model name the provider reported (may differ from what was asked)
+    provider_model: str = ""
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """One piece of a streamed answer. The last chunk carries usage and finish_reason."""
+
+    delta: str = ""
+    usage: TokenUsage | None = None
+    finish_reason: str | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,139 @@
+"""The one table from :mod:`quorum.errors` to gRPC status codes, both ways.
+
+Servers call :func:`abort` (or use :func:`map_errors`) so every failure reaches the client
+as a status code plus a ``google.rpc.Status`` carrying a ``google.rpc.ErrorInfo`` (reason in
+UPPER_SNAKE, domain ``quorum``). Clients call :func:`from_rpc_error` to get the typed error
+back, e.g. when the router relays a voter failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from quorum import errors
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "quorum"
+
+_TO_CODE: tuple[tuple[type[errors.QuorumError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Internal, grpc.StatusCode.INTERNAL),
+)
+
+_FROM_CODE: dict[grpc.StatusCode, type[errors.QuorumError]] = {
+    code: cls for cls, code in _TO_CODE
+}
+_FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
+_FROM_CODE[grpc.StatusCode.ABORTED] = errors.Unavailable
+_FROM_CODE[grpc.StatusCode.UNKNOWN] = errors.Internal
+_FROM_CODE[grpc.StatusCode.UNIMPLEMENTED] = errors.Internal
+_FROM_CODE[grpc.StatusCode.DATA_LOSS] = errors.Internal
+_FROM_CODE[grpc.StatusCode.OUT_OF_RANGE] = errors.InvalidArgument
+_FROM_CODE[grpc.StatusCode.ALREADY_EXISTS] = errors.FailedPrecondition
+
+
+def status_code(err: errors.QuorumError) -> grpc.StatusCode:
+    for cls, code in _TO_CODE:
+        if isinstance(err, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(err: errors.QuorumError) -> grpc.Status:
+    code = status_code(err)
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    if isinstance(err, errors.ResourceExhausted) and err.retry_after is not None:
+        info.metadata["retry_after_s"] = f"{err.retry_after:g}"
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=err.message, details=[detail])
+    return rpc_status.to_status(status)
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], err: errors.QuorumError) -> NoReturn:
+    await context.abort_with_status(to_status(err))
+    raise AssertionError("unreachable")  # abort_with_status always raises
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError, *, service: str) -> errors.QuorumError:
+    """The typed error a downstream call failed with, keeping its reason and metadata."""
+    cls = _FROM_CODE.get(err.code(), errors.Unavailable)
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason, metadata = info.reason, dict(info.metadata)
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and not reason:
+        reason = f"{service.upper()}_UNAVAILABLE"
+    message = f"{service}: {err.details() or err.code().name.lower()}"
+    if cls is errors.ResourceExhausted:
+        retry = metadata.get("retry_after_s")
+        return errors.ResourceExhausted(
+            message, reason=reason, metadata=metadata, retry_after=float(retry) if retry else None
+        )
+    return cls(message, reason=reason, metadata=metadata)
+
+
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+
+def map_errors(handler: H) -> H:
+    """Decorate a unary servicer method: QuorumError → its status; anything else → INTERNAL
+    (logged with its traceback, never sent to the client)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await handler(self, request, context)
+        except errors.QuorumError as err:
+            await abort(context, err)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", handler.__qualname__)
+            await abort(context, errors.Internal("internal error", reason="INTERNAL"))
+
+    return wrapper  # type: ignore[return-value]
+
+
+S = TypeVar("S", bound=Callable[..., AsyncIterator[Any]])
+
+
+def map_stream_errors(handler: S) -> S:
+    """Like :func:`map_errors`, for server-streaming methods (async generators)."""
+
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            async for item in handler(self, request, context):
+                yield item
+        except errors.QuorumError as err:
+            await abort(context, err)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unhandled error in %s", handler.__qualname__)
+            await abort(context, errors.Internal("internal error", reason="INTERNAL"))
+
+    return wrapper  # type: ignore[return-value]

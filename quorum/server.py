@@ -1,0 +1,129 @@
+"""What every Quorum gRPC server shares: reflection, the standard health service kept in step
+with the service's own dependencies, and a graceful drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+#: max message size both ways; requests also have per-field limits
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Register = Callable[[grpc.aio.Server], None]
+Check = Callable[[], Awaitable[bool]]
+
+
+def create_server(
+    address: str,
+    register: Register,
+    service_names: Sequence[str],
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A server with our services (added by ``register``), reflection and health, bound to
+    ``address`` ("127.0.0.1:0" picks a free port). Health starts NOT_SERVING."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=512,
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        *service_names,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port, health_servicer
+
+
+class HealthMonitor:
+    """Sets SERVING / NOT_SERVING for the services (and the server as a whole, "") from a
+    dependency check run every ``interval_s`` seconds."""
+
+    def __init__(
+        self,
+        servicer: health.aio.HealthServicer,
+        service_names: Sequence[str],
+        check: Check,
+        *,
+        interval_s: float = 2.0,
+    ) -> None:
+        self._servicer = servicer
+        self._names = ("", *service_names)
+        self._check = check
+        self._interval = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.serving = False
+
+    async def update(self) -> bool:
+        try:
+            ok = await self._check()
+        except Exception:
+            log.exception("health check failed")
+            ok = False
+        if ok != self.serving:
+            log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
+        self.serving = ok
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self._servicer.set(name, status)
+        return ok
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                await self.update()
+                await asyncio.sleep(self._interval)
+
+        self._task = asyncio.create_task(loop(), name="health-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._servicer.enter_graceful_shutdown()
+
+
+async def serve_until_signal(
+    server: grpc.aio.Server,
+    monitor: HealthMonitor,
+    *,
+    grace_s: float = 5.0,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then: health NOT_SERVING, stop taking RPCs, let
+    in-flight ones finish for ``grace_s``, then ``on_stop`` (close clients, flush)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    monitor.start()
+    await stop.wait()
+    log.info("draining (grace %.1fs)", grace_s)
+    await monitor.stop()
+    await server.stop(grace_s)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")

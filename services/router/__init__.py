@@ -1,0 +1,1 @@
+"""The Quorum router service."""

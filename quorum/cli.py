@@ -1,0 +1,355 @@
+"""The ``quorum`` command.
+
+    quorum up                 start Triton, cost, voter, router (and the simulator when no
+                              provider key is set); Ctrl-C or SIGTERM stops everything
+    quorum demo               start the mesh on free ports, run the examples, stop it
+    quorum moderate TEXT      ask the voter (every model's vote is shown)
+    quorum complete PROMPT    ask the router [--model M] [--task T] [--stream]
+    quorum usage              usage and cost so far, per model
+
+``moderate``, ``complete`` and ``usage`` talk to a running mesh at the addresses ``quorum up``
+uses by default (override with --router/--voter/--cost); ``--json`` prints the whole response
+in protobuf's JSON mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from quorum import config, protoconv
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.errors import QuorumError
+from quorum.grpcerrors import from_rpc_error
+from quorum.mesh import Mesh, MeshOptions
+from quorum.registry import ConfigError
+from quorum.router.v1 import router_pb2, router_pb2_grpc
+from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
+
+_STATUS = {
+    voter_pb2.VOTE_STATUS_OK: "voted",
+    voter_pb2.VOTE_STATUS_ERROR: "abstained (error)",
+    voter_pb2.VOTE_STATUS_TIMEOUT: "abstained (timeout)",
+}
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+
+def _print_json(msg: Message) -> None:
+    print(json_format.MessageToJson(msg, preserving_proto_field_name=False, indent=2))
+
+
+def _scores(items: Any) -> str:
+    d = protoconv.scores_dict(items)
+    return ", ".join(f"{k} {v:.2f}" for k, v in d.items()) or "-"
+
+
+def format_moderation(resp: voter_pb2.ModerateResponse, text: str | None = None) -> str:
+    lines = []
+    if text is not None:
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        lines.append(f"text: {shown!r}")
+    verdict = "SAFE" if resp.is_safe else "UNSAFE"
+    review = "  (requires review)" if resp.requires_review else ""
+    lines.append(
+        f"verdict: {verdict}  confidence {resp.confidence:.2f}{review}  [{resp.latency_ms} ms]"
+    )
+    if resp.categories:
+        lines.append(f"  categories: {_scores(resp.categories)}")
+    for r in resp.reasons:
+        lines.append(f"  reason: {r}")
+    for v in resp.votes:
+        tag = " (simulated)" if v.simulated else ""
+        if v.status == voter_pb2.VOTE_STATUS_OK:
+            said = "safe" if v.is_safe else "unsafe"
+            lines.append(
+                f"  - {v.model} [{v.provider}{tag}] {said}, confidence {v.confidence:.2f}, "
+                f"weight {v.weight:g}, {v.latency_ms} ms; {_scores(v.categories)}"
+            )
+        else:
+            lines.append(
+                f"  - {v.model} [{v.provider}{tag}] {_STATUS.get(v.status, '?')}: {v.error}"
+            )
+    return "\n".join(lines)
+
+
+def format_completion(resp: router_pb2.CompleteResponse, *, with_text: bool = True) -> str:
+    sim = "  (SIMULATED answer: no API key for this provider)" if resp.simulated else ""
+    cost = protoconv.format_money(resp.cost)
+    recorded = "" if resp.usage_recorded else " (usage queued for the cost service)"
+    lines = [
+        f"model: {resp.model} [{resp.provider}]{sim}",
+        f"  why: {resp.route_reason}",
+        f"  tokens: {resp.usage.input_tokens} in / {resp.usage.output_tokens} out; "
+        f"cost {cost}{recorded}; latency {resp.latency_ms} ms",
+    ]
+    if resp.HasField("input_moderation"):
+        m = resp.input_moderation
+        votes = sum(v.status == voter_pb2.VOTE_STATUS_OK for v in m.votes)
+        lines.append(
+            f"  input moderation: {'safe' if m.is_safe else 'unsafe'} "
+            f"({votes} votes, {m.latency_ms} ms)"
+        )
+    if resp.HasField("output_moderation"):
+        m = resp.output_moderation
+        lines.append(f"  output moderation: {'safe' if m.is_safe else 'unsafe'}")
+    if with_text:
+        lines.append(f"  answer: {resp.text}")
+    return "\n".join(lines)
+
+
+def format_usage(resp: cost_pb2.GetUsageSummaryResponse) -> str:
+    if not resp.models:
+        return "no usage recorded yet"
+    lines = [f"{'model':<20} {'requests':>8} {'in':>8} {'out':>8}  cost"]
+    for m in resp.models:
+        lines.append(
+            f"{m.model:<20} {m.requests:>8} {m.usage.input_tokens:>8} {m.usage.output_tokens:>8}"
+            f"  {protoconv.format_money(m.cost)}"
+        )
+    totals = "; ".join(protoconv.format_money(t) for t in resp.totals)
+    lines.append(
+        f"{'total':<20} {resp.requests:>8} {resp.usage.input_tokens:>8} "
+        f"{resp.usage.output_tokens:>8}  {totals}"
+    )
+    return "\n".join(lines)
+
+
+def _fail(err: grpc.RpcError, service: str) -> int:
+    assert isinstance(err, grpc.Call)
+    qerr = from_rpc_error(err, service=service)  # type: ignore[arg-type]
+    print(f"error: {err.code().name}: {err.details()} [{qerr.reason}]", file=sys.stderr)
+    return 1
+
+
+# -- client commands ----------------------------------------------------------------------------
+
+
+def _addr(args: argparse.Namespace, name: str) -> str:
+    given = getattr(args, name, None)
+    if given:
+        return str(given)
+    return str(config.load(args.config)[name]["address"])
+
+
+def cmd_moderate(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(_addr(args, "voter")) as ch:
+        try:
+            resp = voter_pb2_grpc.VoterServiceStub(ch).Moderate(
+                voter_pb2.ModerateRequest(text=args.text, models=args.model or []),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as e:
+            return _fail(e, "voter")
+    if args.json:
+        _print_json(resp)
+    else:
+        print(format_moderation(resp))
+    return 0
+
+
+def _request(args: argparse.Namespace) -> router_pb2.CompleteRequest:
+    mode = {
+        None: router_pb2.MODERATION_MODE_UNSPECIFIED,
+        "none": router_pb2.MODERATION_MODE_NONE,
+        "input": router_pb2.MODERATION_MODE_INPUT,
+        "output": router_pb2.MODERATION_MODE_OUTPUT,
+        "both": router_pb2.MODERATION_MODE_BOTH,
+    }[args.moderation]
+    req = router_pb2.CompleteRequest(
+        prompt=args.prompt, model=args.model or "", task=args.task or "", moderation=mode,
+        max_tokens=args.max_tokens,
+    )  # fmt: skip
+    return req
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(_addr(args, "router")) as ch:
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        try:
+            if args.stream:
+                summary = None
+                for event in stub.CompleteStream(
+                    router_pb2.CompleteStreamRequest(request=_request(args)), timeout=args.timeout
+                ):
+                    if event.HasField("summary"):
+                        summary = event.summary
+                    elif args.json:
+                        _print_json(event)
+                    else:
+                        print(event.delta, end="", flush=True)
+                if summary is not None:
+                    if args.json:
+                        _print_json(router_pb2.CompleteStreamResponse(summary=summary))
+                    else:
+                        print("\n" + format_completion(summary, with_text=False))
+                return 0
+            resp = stub.Complete(_request(args), timeout=args.timeout)
+        except grpc.RpcError as e:
+            return _fail(e, "router")
+    if args.json:
+        _print_json(resp)
+    else:
+        print(format_completion(resp))
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(_addr(args, "cost")) as ch:
+        try:
+            resp = cost_pb2_grpc.CostServiceStub(ch).GetUsageSummary(
+                cost_pb2.GetUsageSummaryRequest(model=args.model or ""), timeout=args.timeout
+            )
+        except grpc.RpcError as e:
+            return _fail(e, "cost")
+    if args.json:
+        _print_json(resp)
+    else:
+        print(format_usage(resp))
+    return 0
+
+
+# -- mesh commands --------------------------------------------------------------------------------
+
+
+def _print_mesh(mesh: Mesh, took_s: float) -> None:
+    print(f"Quorum is up ({took_s:.1f} s):")
+    for name in ("router", "voter", "cost", "triton", "simulator"):
+        if name in mesh.addresses:
+            print(f"  {name:<10} {mesh.addresses[name]}")
+    print(f"  logs       {mesh.log_dir}")
+    if mesh.simulated_models:
+        print(
+            "No API key is set for: " + ", ".join(mesh.simulated_models) + ".\n"
+            "  Completions with these models come from the provider SIMULATOR (simulated text).\n"
+            "  Moderation uses the real local models only (judges without a key do not vote)."
+        )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir or config.data_dir())
+    mesh = Mesh(MeshOptions(data_dir=data_dir, config_path=args.config, simulator=args.simulator))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    start = time.monotonic()
+    print("starting Triton, cost, voter and router ...", flush=True)
+    try:
+        mesh.start()
+        _print_mesh(mesh, time.monotonic() - start)
+        print("Ctrl-C stops everything.", flush=True)
+        while not stop.wait(1.0):
+            if mesh.triton is None or mesh.triton.returncode is not None:
+                print("error: tritonserver exited; stopping", file=sys.stderr)
+                return 1
+        print("stopping ...", flush=True)
+        return 0
+    except QuorumError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        mesh.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from quorum import demo
+
+    with tempfile.TemporaryDirectory(prefix="quorum-demo-") as tmp:
+        data_dir = Path(args.data_dir or tmp)
+        mesh = Mesh(
+            MeshOptions(
+                data_dir=data_dir, config_path=args.config, ephemeral_ports=True,
+                simulator=args.simulator,
+            )
+        )  # fmt: skip
+        print("Quorum demo: starting the mesh on free loopback ports ...", flush=True)
+        start = time.monotonic()
+        try:
+            mesh.start()
+            _print_mesh(mesh, time.monotonic() - start)
+            return demo.run(mesh.addresses)
+        except QuorumError as e:
+            print(f"error: {e.message}", file=sys.stderr)
+            return 1
+        finally:
+            print("\nstopping the mesh ...", flush=True)
+            mesh.stop()
+            print("stopped.")
+
+
+# -- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="quorum", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="TOML file merged over the embedded defaults")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    for name, helptext in (("up", "start the mesh until Ctrl-C"), ("demo", "start, show, stop")):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--data-dir", help="state and logs (default: $QUORUM_DATA_DIR or .quorum)")
+        s.add_argument(
+            "--simulator", choices=("auto", "on", "off"), default="auto",
+            help="auto: simulate models whose API key is not set",
+        )  # fmt: skip
+
+    def client(name: str, helptext: str, service: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument(f"--{service}", help=f"{service} address (default: as quorum up)")
+        s.add_argument("--json", action="store_true", help="the whole response as JSON")
+        s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        return s
+
+    m = client("moderate", "moderate a text", "voter")
+    m.add_argument("text")
+    m.add_argument("--model", action="append", help="only this judge (repeatable)")
+    c = client("complete", "complete a prompt", "router")
+    c.add_argument("prompt")
+    c.add_argument("--model", help="registry model name")
+    c.add_argument("--task", help="e.g. chat, code, summarize")
+    c.add_argument("--stream", action="store_true")
+    c.add_argument("--max-tokens", type=int, default=0)
+    c.add_argument("--moderation", choices=("none", "input", "output", "both"))
+    u = client("usage", "usage and cost so far", "cost")
+    u.add_argument("--model", help="only this model")
+    return p
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "demo": cmd_demo,
+    "moderate": cmd_moderate,
+    "complete": cmd_complete,
+    "usage": cmd_usage,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if os.environ.get("QUORUM_LOG_LEVEL"):
+        import logging
+
+        logging.basicConfig(level=os.environ["QUORUM_LOG_LEVEL"].upper())
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

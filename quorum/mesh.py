@@ -1,0 +1,294 @@
+"""Start and stop the whole mesh: the provider simulator (when needed), Triton, and the cost,
+voter and router services, each its own process. Used by ``quorum up``, ``quorum demo`` and
+the end-to-end tests.
+
+Services start in dependency order (simulator → Triton → cost → voter → router); each is
+ready when it has printed its address and its health service says SERVING. :meth:`Mesh.stop`
+stops them in reverse order with SIGTERM (a graceful drain), then SIGKILL after a grace time.
+Logs go to ``<data_dir>/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quorum import config, telemetry
+from quorum.errors import Unavailable
+from quorum.registry import OpenAIBackend, load_registry
+from quorum.tritonserver import (
+    TritonOptions,
+    TritonServer,
+    _parent_death_signal,
+    default_model_repository,
+)
+
+log = logging.getLogger(__name__)
+
+_LISTENING = re.compile(r"listening on (\S+)")
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    data_dir: Path
+    config_path: Path | None = None
+    #: pick free ports instead of the configured ones (demo, tests)
+    ephemeral_ports: bool = False
+    #: "auto": start the simulator when a generative model has no API key; "on"; "off"
+    simulator: str = "auto"
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    #: extra "SECTION.KEY=VALUE" settings passed to every service
+    settings: tuple[str, ...] = ()
+    simulator_args: tuple[str, ...] = ()
+    start_timeout_s: float = 180.0
+
+
+@dataclass
+class _Child:
+    name: str
+    proc: subprocess.Popen[str]
+    address: str
+    pump: threading.Thread
+
+
+class Mesh:
+    def __init__(self, options: MeshOptions) -> None:
+        self.options = options
+        self.addresses: dict[str, str] = {}
+        #: generative models whose answers are simulated (no API key)
+        self.simulated_models: tuple[str, ...] = ()
+        self.triton: TritonServer | None = None
+        self._children: list[_Child] = []
+        self._config = config.load(options.config_path, options.env)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.options.data_dir / "logs"
+
+    def _port(self, section: str, key: str = "address") -> str:
+        if self.options.ephemeral_ports:
+            return "127.0.0.1:0"
+        return str(self._config[section][key])
+
+    def _env(self) -> dict[str, str]:
+        env = dict(self.options.env)
+        env["QUORUM_DATA_DIR"] = str(self.options.data_dir.resolve())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _needs_simulator(self) -> tuple[str, ...]:
+        registry = load_registry(self._config)
+        missing = []
+        for spec in registry.models.values():
+            b = spec.backend
+            if isinstance(b, OpenAIBackend) and b.provider.api_key_env:
+                if not self.options.env.get(b.provider.api_key_env):
+                    missing.append(spec.name)
+        return tuple(sorted(missing))
+
+    # -- start ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.options.start_timeout_s
+        try:
+            self._start_all(deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, deadline: float) -> None:
+        opts = self.options
+        base = [f"--set={s}" for s in opts.settings]
+        if opts.config_path:
+            base.append(f"--config={opts.config_path}")
+        missing = self._needs_simulator()
+        sim_url = ""
+        if opts.simulator == "on" or (opts.simulator == "auto" and missing):
+            port = "0" if opts.ephemeral_ports else str(self._config["simulator"]["port"])
+            child = self._spawn(
+                "simulator",
+                [sys.executable, "-m", "quorum.simulator", "--port", port, *opts.simulator_args],
+                deadline,
+                health=False,
+            )
+            sim_url = child.address
+            self.simulated_models = missing
+
+        t = self._config["triton"]
+        eph = opts.ephemeral_ports
+        self.triton = TritonServer(
+            TritonOptions(
+                model_repository=default_model_repository(),
+                http_port=0 if eph else int(t["http_port"]),
+                grpc_port=0 if eph else int(t["grpc_port"]),
+                metrics_port=0 if eph else int(t["metrics_port"]),
+                otlp_traces_url=telemetry.traces_url(opts.env),
+                log_file=self.log_dir / "triton.log",
+            )
+        )
+        self.triton.start(timeout_s=max(deadline - time.monotonic(), 1.0))
+        self.addresses["triton"] = self.triton.grpc_address
+
+        cost = self._spawn(
+            "cost",
+            [sys.executable, "-m", "services.cost", f"--address={self._port('cost')}", *base],
+            deadline,
+        )
+        voter = self._spawn(
+            "voter",
+            [
+                sys.executable, "-m", "services.voter", f"--address={self._port('voter')}",
+                f"--set=voter.triton_address={self.triton.grpc_address}",
+                f"--set=voter.cost_address={cost.address}",
+                *base,
+            ],
+            deadline,
+        )  # fmt: skip
+        router_args = [
+            sys.executable, "-m", "services.router", f"--address={self._port('router')}",
+            f"--set=router.voter_address={voter.address}",
+            f"--set=router.cost_address={cost.address}",
+        ]  # fmt: skip
+        if sim_url:
+            router_args.append(f"--set=router.simulator_url={sim_url}")
+        self._spawn("router", [*router_args, *base], deadline)
+
+    def _spawn(
+        self, name: str, cmd: Sequence[str], deadline: float, *, health: bool = True
+    ) -> _Child:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as err:
+            proc = subprocess.Popen(
+                list(cmd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=self._env(),
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+                preexec_fn=_parent_death_signal(),  # noqa: PLW1509
+            )
+        assert proc.stdout is not None
+        lines: queue.Queue[str | None] = queue.Queue()
+        out = proc.stdout
+
+        def pump() -> None:  # keeps draining stdout so the child never blocks on it
+            for line in out:
+                lines.put(line)
+            lines.put(None)
+
+        thread = threading.Thread(target=pump, name=f"{name}-stdout", daemon=True)
+        thread.start()
+        try:
+            address = self._read_address(name, proc, lines, log_path, deadline)
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            thread.join(timeout=2.0)
+            out.close()
+            raise
+        child = _Child(name, proc, address, thread)
+        self._children.append(child)
+        self.addresses[name] = address
+        if health:
+            self._wait_serving(child, log_path, deadline)
+        log.info("%s ready on %s", name, address)
+        return child
+
+    def _read_address(
+        self,
+        name: str,
+        proc: subprocess.Popen[str],
+        lines: queue.Queue[str | None],
+        log_path: Path,
+        deadline: float,
+    ) -> str:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                proc.kill()
+                raise Unavailable(f"{name} did not start in time; see {log_path}")
+            try:
+                line = lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:
+                code = proc.wait()
+                raise Unavailable(
+                    f"{name} exited with code {code} while starting:\n{_tail(log_path)}",
+                    reason="SERVICE_START_FAILED",
+                )
+            m = _LISTENING.search(line)
+            if m:
+                return m.group(1)
+
+    def _wait_serving(self, child: _Child, log_path: Path, deadline: float) -> None:
+        with grpc.insecure_channel(child.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if child.proc.poll() is not None:
+                    code = child.proc.returncode
+                    raise Unavailable(
+                        f"{child.name} exited with code {code}:\n{_tail(log_path)}",
+                        reason="SERVICE_START_FAILED",
+                    )
+                try:
+                    resp = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                    if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"{child.name} is not SERVING; see {log_path}")
+                time.sleep(0.1)
+
+    # -- stop ------------------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 8.0) -> None:
+        """Stop everything started, in reverse order. Idempotent."""
+        while self._children:
+            child = self._children.pop()
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s ignored SIGTERM; killing it", child.name)
+                    child.proc.kill()
+                    child.proc.wait()
+            child.pump.join(timeout=2.0)  # EOF after exit
+            if child.proc.stdout is not None:
+                child.proc.stdout.close()
+        if self.triton is not None:
+            self.triton.stop()
+            self.triton = None
+
+    def __enter__(self) -> Mesh:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

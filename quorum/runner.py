@@ -1,0 +1,83 @@
+"""The ``__main__`` of every service: arguments, logs, tracing, serve, drain, close.
+
+    python -m services.<name> [--config FILE] [--address HOST:PORT] [--set SECTION.KEY=VALUE ...]
+
+Prints one line ``quorum-<name> listening on HOST:PORT`` on stdout once it accepts calls
+(scripts and tests read the port from it), then logs JSON on stderr. Exits 0 after a
+graceful drain on SIGTERM or SIGINT, 2 on a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from quorum import config, logs, telemetry
+from quorum.registry import ConfigError
+from quorum.server import HealthMonitor, serve_until_signal
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+Created = tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]
+
+
+def _set_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: use SECTION.KEY=VALUE")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {p} is not a table")
+        node = child
+    node[parts[-1]] = config._scalar(raw)
+
+
+def run(
+    name: str,
+    settings_from: Callable[[Mapping[str, Any]], S],
+    create: Callable[[S], Awaitable[Created]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("--config", help="TOML file merged over the embedded defaults")
+    parser.add_argument("--address", help=f"listen address (overrides {name}.address)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    service = f"quorum-{name}"
+    logs.setup(service, args.log_level)
+    try:
+        data = config.load(args.config)
+        for item in args.set:
+            _set_override(data, item)
+        if args.address:
+            data.setdefault(name, {})["address"] = args.address
+        settings = settings_from(data)
+    except ConfigError as e:
+        print(f"{service}: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    shutdown_tracing = telemetry.setup(service)  # before any channel or server exists
+    try:
+        asyncio.run(_serve(service, settings, create))
+    finally:
+        shutdown_tracing()
+
+
+async def _serve(service: str, settings: S, create: Callable[[S], Awaitable[Created]]) -> None:
+    server, port, monitor, close = await create(settings)
+    await server.start()
+    await monitor.update()
+    host = getattr(settings, "address", "127.0.0.1:0").rsplit(":", 1)[0]
+    print(f"{service} listening on {host}:{port}", flush=True)
+    log.info("listening on %s:%d", host, port)
+    await serve_until_signal(server, monitor, on_stop=close)

@@ -1,0 +1,184 @@
+"""Usage recording that never loses a record.
+
+:class:`UsageRecorder` sends each record to the cost service with a deadline. A record that
+cannot be sent right away is appended (and fsynced) to a spool file and re-sent in the
+background until the cost service takes it; records are keyed by request id and the cost
+service is idempotent on it, so a re-sent record is counted once. Spooled records survive a
+restart: the spool is read again at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from quorum import errors
+from quorum.common.v1 import common_pb2
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.grpcerrors import from_rpc_error
+
+log = logging.getLogger(__name__)
+
+#: a spool larger than this many records means the cost service has been down for long;
+#: records still go to disk, and it is logged loudly
+SPOOL_WARN_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    request_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    source: str
+    occurred_at_us: int
+
+    def to_proto(self) -> cost_pb2.RecordUsageRequest:
+        ts = timestamp_pb2.Timestamp()
+        ts.FromMicroseconds(self.occurred_at_us)
+        return cost_pb2.RecordUsageRequest(
+            request_id=self.request_id,
+            model=self.model,
+            usage=common_pb2.Usage(
+                input_tokens=self.input_tokens, output_tokens=self.output_tokens
+            ),
+            source=self.source,
+            occurred_at=ts,
+        )
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        stub: cost_pb2_grpc.CostServiceStub,
+        spool: Path,
+        *,
+        retry_interval_s: float = 2.0,
+        send_timeout_s: float = 2.0,
+    ) -> None:
+        self._stub = stub
+        self._spool = spool
+        self._interval = retry_interval_s
+        self._send_timeout = send_timeout_s
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def record(
+        self, rec: UsageRecord, *, timeout_s: float
+    ) -> cost_pb2.RecordUsageResponse | None:
+        """Send now; on failure spool it and return None (it will be sent later)."""
+        try:
+            return await self._send(rec, timeout_s)
+        except errors.QuorumError as err:
+            if isinstance(err, errors.InvalidArgument | errors.NotFound):
+                # the cost service will never take it: keep it for a person, say so
+                log.error("usage record %s refused: %s", rec.request_id, err.reason)
+            else:
+                log.warning("cost service unavailable (%s); spooling usage", err.reason)
+            await self._append(rec)
+            self._wake.set()
+            return None
+
+    async def _send(self, rec: UsageRecord, timeout_s: float) -> cost_pb2.RecordUsageResponse:
+        try:
+            resp: cost_pb2.RecordUsageResponse = await self._stub.RecordUsage(
+                rec.to_proto(), timeout=max(timeout_s, 0.05)
+            )
+            return resp
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e, service="cost") from None
+
+    async def _append(self, rec: UsageRecord) -> None:
+        line = json.dumps(asdict(rec), separators=(",", ":")) + "\n"
+        async with self._lock:
+            await asyncio.to_thread(self._append_sync, line)
+
+    def _append_sync(self, line: str) -> None:
+        self._spool.parent.mkdir(parents=True, exist_ok=True)
+        with self._spool.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_sync(self) -> list[UsageRecord]:
+        try:
+            text = self._spool.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    out.append(UsageRecord(**json.loads(line)))
+                except (ValueError, TypeError):
+                    log.error("skipping unreadable spool line in %s", self._spool)
+        return out
+
+    def _rewrite_sync(self, recs: list[UsageRecord]) -> None:
+        if not recs:
+            self._spool.unlink(missing_ok=True)
+            return
+        tmp = self._spool.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in recs:
+                f.write(json.dumps(asdict(r), separators=(",", ":")) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self._spool)
+
+    async def pending(self) -> int:
+        async with self._lock:
+            return len(await asyncio.to_thread(self._read_sync))
+
+    async def flush(self) -> int:
+        """Re-send spooled records; returns how many are still pending."""
+        async with self._lock:
+            recs = await asyncio.to_thread(self._read_sync)
+            if not recs:
+                return 0
+            left: list[UsageRecord] = []
+            for i, rec in enumerate(recs):
+                try:
+                    await self._send(rec, self._send_timeout)
+                except errors.QuorumError as err:
+                    if isinstance(err, errors.Unavailable | errors.DeadlineExceeded):
+                        left = recs[i:]  # still down: keep the rest, in order
+                        break
+                    left.append(rec)  # refused: keep it for a person
+            await asyncio.to_thread(self._rewrite_sync, left)
+            if len(left) > SPOOL_WARN_RECORDS:
+                log.error("%d usage records waiting in %s", len(left), self._spool)
+            elif len(recs) != len(left):
+                log.info("re-sent %d spooled usage records", len(recs) - len(left))
+            return len(left)
+
+    def start(self) -> None:
+        async def loop() -> None:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                self._wake.clear()
+                try:
+                    await self.flush()
+                except Exception:
+                    log.exception("usage spool flush failed")
+
+        self._task = asyncio.create_task(loop(), name="usage-spool")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()

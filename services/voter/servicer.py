@@ -1,0 +1,88 @@
+"""VoterService: proto in, Moderator call, proto out."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc
+
+from quorum import protoconv
+from quorum.deadline import Deadline
+from quorum.errors import InvalidArgument
+from quorum.grpcerrors import map_errors
+from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
+from services.voter.moderation import Moderator, Outcome
+from services.voter.voting import Status
+
+_STATUS = {
+    Status.OK: voter_pb2.VOTE_STATUS_OK,
+    Status.ERROR: voter_pb2.VOTE_STATUS_ERROR,
+    Status.TIMEOUT: voter_pb2.VOTE_STATUS_TIMEOUT,
+}
+MAX_REQUEST_ID = 128
+
+
+def request_id_of(given: str) -> str:
+    if not given:
+        return uuid.uuid4().hex
+    if len(given) > MAX_REQUEST_ID or not given.isprintable():
+        raise InvalidArgument(
+            f"request_id must be at most {MAX_REQUEST_ID} printable characters",
+            reason="BAD_REQUEST_ID",
+            metadata={"field": "request_id"},
+        )
+    return given
+
+
+def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2.ModerateResponse:
+    d = outcome.decision
+    return voter_pb2.ModerateResponse(
+        request_id=request_id,
+        is_safe=d.is_safe,
+        confidence=round(d.confidence, 6),
+        categories=protoconv.category_scores(d.categories),
+        requires_review=d.requires_review,
+        reasons=list(d.reasons),
+        latency_ms=latency_ms,
+        votes=[
+            voter_pb2.ModelVote(
+                model=b.vote.model,
+                provider=b.provider,
+                status=_STATUS[b.vote.status],
+                is_safe=b.vote.is_safe,
+                confidence=round(b.vote.confidence, 6),
+                categories=protoconv.category_scores(b.vote.categories),
+                weight=b.vote.weight,
+                latency_ms=b.latency_ms,
+                error=b.vote.error,
+                usage=protoconv.usage(b.usage),
+                simulated=b.simulated,
+            )
+            for b in outcome.ballots
+        ],
+    )
+
+
+class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
+    def __init__(
+        self, moderator: Moderator, *, default_timeout_s: float, max_timeout_s: float
+    ) -> None:
+        self._moderator = moderator
+        self._default_timeout = default_timeout_s
+        self._max_timeout = max_timeout_s
+
+    @map_errors
+    async def Moderate(
+        self, request: voter_pb2.ModerateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> voter_pb2.ModerateResponse:
+        deadline = Deadline.from_grpc(
+            context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
+        )
+        start = deadline.remaining()
+        request_id = request_id_of(request.request_id)
+        outcome = await self._moderator.moderate(
+            request.text, request_id, list(request.models), deadline
+        )
+        latency_ms = int((start - deadline.remaining()) * 1000)
+        return to_response(request_id, outcome, latency_ms)

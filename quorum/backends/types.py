@@ -35,6 +35,8 @@ class ChatResult:
     finish_reason: str = ""
     #: the model name the provider reported (may differ from what was asked)
     provider_model: str = ""
+    #: False when the provider sent no usage block: ``usage`` is then zero, not an estimate
+    usage_reported: bool = True
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,5 @@ class ChatChunk:
     usage: TokenUsage | None = None
     finish_reason: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: on the last chunk: False when the provider sent no usage (``usage`` is then zero)
+    usage_reported: bool = True

@@ -138,6 +138,7 @@ class Mesh:
                 grpc_port=0 if eph else int(t["grpc_port"]),
                 metrics_port=0 if eph else int(t["metrics_port"]),
                 otlp_traces_url=telemetry.traces_url(opts.env),
+                otlp_schedule_delay_ms=_int_or_none(opts.env.get("OTEL_BSP_SCHEDULE_DELAY")),
                 log_file=self.log_dir / "triton.log",
             )
         )
@@ -285,6 +286,13 @@ class Mesh:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def _tail(path: Path, lines: int = 15) -> str:

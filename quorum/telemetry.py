@@ -60,7 +60,7 @@ def setup(
 
         exporter = OTLPSpanExporter(timeout=5)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # honours OTEL_BSP_*
     trace.set_tracer_provider(provider)
     if instrument:
         _instrument()

@@ -115,6 +115,13 @@ def validate(
         if messages
         else ((ChatMessage("user", prompt),) if prompt else ())
     )
+    for i, m in enumerate(msgs):
+        if m.role not in ROLES:
+            raise InvalidArgument(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}",
+                reason="BAD_ROLE",
+                metadata={"field": f"messages[{i}].role"},
+            )
     if not msgs or not any(m.content.strip() for m in msgs if m.role == "user"):
         raise InvalidArgument(
             "the prompt is empty: give a prompt or at least one non-empty user message",
@@ -127,13 +134,6 @@ def validate(
             reason="TOO_MANY_MESSAGES",
             metadata={"field": "messages", "limit": str(max_messages)},
         )
-    for i, m in enumerate(msgs):
-        if m.role not in ROLES:
-            raise InvalidArgument(
-                f"messages[{i}].role must be one of {', '.join(ROLES)}",
-                reason="BAD_ROLE",
-                metadata={"field": f"messages[{i}].role"},
-            )
     total = sum(len(m.content) for m in msgs)
     if total > max_chars:
         raise InvalidArgument(

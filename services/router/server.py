@@ -10,6 +10,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from quorum import channels
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.router.v1 import router_pb2, router_pb2_grpc
@@ -27,8 +28,8 @@ async def create(
     settings: RouterSettings, *, address: str | None = None
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
-    voter_channel = grpc.aio.insecure_channel(settings.voter_address)
-    cost_channel = grpc.aio.insecure_channel(settings.cost_address)
+    voter_channel = channels.insecure_channel(settings.voter_address)
+    cost_channel = channels.insecure_channel(settings.cost_address)
     recorder = UsageRecorder(cost_pb2_grpc.CostServiceStub(cost_channel), settings.spool_path)
     completer = Completer(
         settings.registry,

@@ -10,6 +10,7 @@ import grpc
 import httpx
 from tritonclient.grpc import aio as triton_aio
 
+from quorum import channels
 from quorum.backends.openai import OpenAIChat
 from quorum.backends.triton import TritonScorer
 from quorum.cost.v1 import cost_pb2_grpc
@@ -31,7 +32,7 @@ async def create(
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
     triton = triton_aio.InferenceServerClient(url=settings.triton_address)
-    cost_channel = grpc.aio.insecure_channel(settings.cost_address)
+    cost_channel = channels.insecure_channel(settings.cost_address)
     recorder = UsageRecorder(cost_pb2_grpc.CostServiceStub(cost_channel), settings.spool_path)
     chat = OpenAIChat(http, os.environ)
     scorer = TritonScorer(triton)

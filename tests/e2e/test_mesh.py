@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.mesh import Mesh, MeshOptions
@@ -79,9 +79,17 @@ def mesh(tmp_path_factory, sim, rx):
     tmp = tmp_path_factory.mktemp("mesh")
     cfg = tmp / "quorum.toml"
     cfg.write_text(CONFIG.format(url=sim.url))
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("OTEL_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
+    }
     env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    m = Mesh(MeshOptions(data_dir=tmp / "data", config_path=cfg, ephemeral_ports=True, simulator="off", env=env))
+    m = Mesh(
+        MeshOptions(
+            data_dir=tmp / "data", config_path=cfg, ephemeral_ports=True, simulator="off", env=env
+        )
+    )
     m.start()
     yield m
     m.stop()
@@ -145,20 +153,25 @@ def test_complete_routes_moderates_prices_and_records(router, cost, sim):
     # recorded once in the ledger, under the request id
     summary = cost.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(model="sim-cheap"), timeout=5)
     assert summary.requests >= 1
-    judge_usage = cost.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(model="sim-judge"), timeout=5)
+    judge_usage = cost.GetUsageSummary(
+        cost_pb2.GetUsageSummaryRequest(model="sim-judge"), timeout=5
+    )
     assert judge_usage.requests >= 1  # the voter records what its LLM judges used
 
 
 def test_moderate_fans_out_and_returns_every_vote(voter):
     resp = voter.Moderate(
-        voter_pb2.ModerateRequest(text="You are a stupid worthless idiot and I hate you"), timeout=10
+        voter_pb2.ModerateRequest(text="You are a stupid worthless idiot and I hate you"),
+        timeout=10,
     )
     assert not resp.is_safe
     assert {v.model for v in resp.votes} == {"profanity-check", "sim-judge"}
     tri = next(v for v in resp.votes if v.model == "profanity-check")
     assert not tri.is_safe and tri.confidence > 0.5
     assert {c.category for c in tri.categories} == {3, 5}  # hate, harassment
-    calm = voter.Moderate(voter_pb2.ModerateRequest(text="The weather is lovely today."), timeout=10)
+    calm = voter.Moderate(
+        voter_pb2.ModerateRequest(text="The weather is lovely today."), timeout=10
+    )
     assert calm.is_safe and len(calm.votes) == 2
 
 
@@ -177,7 +190,8 @@ def test_stream_deltas_join_to_the_unary_answer(router):
 def test_input_blocked_by_moderation(router):
     with pytest.raises(grpc.RpcError) as e:
         router.Complete(
-            router_pb2.CompleteRequest(prompt="you stupid idiot, shut up you worthless moron"), timeout=20
+            router_pb2.CompleteRequest(prompt="you stupid idiot, shut up you worthless moron"),
+            timeout=20,
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_info(e.value).reason == "INPUT_BLOCKED"
@@ -253,9 +267,17 @@ def _hold_sim(sim):
         ({"prompt": ""}, grpc.StatusCode.INVALID_ARGUMENT, "PROMPT_EMPTY"),
         ({"prompt": "x" * 16001}, grpc.StatusCode.INVALID_ARGUMENT, "PROMPT_TOO_LONG"),
         ({"prompt": "hi", "model": "gpt-9"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
-        ({"prompt": "hi", "model": "gpt-4.1"}, grpc.StatusCode.FAILED_PRECONDITION, "MODEL_NOT_CONFIGURED"),
+        (
+            {"prompt": "hi", "model": "gpt-4.1"},
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MODEL_NOT_CONFIGURED",
+        ),
         ({"prompt": "hi", "task": "juggling"}, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_TASK"),
-        ({"messages": [router_pb2.Message(role="wizard", content="hi")]}, grpc.StatusCode.INVALID_ARGUMENT, "BAD_ROLE"),
+        (
+            {"messages": [router_pb2.Message(role="wizard", content="hi")]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "BAD_ROLE",
+        ),
         ({"prompt": "hi", "max_tokens": -1}, grpc.StatusCode.INVALID_ARGUMENT, "BAD_MAX_TOKENS"),
     ],
 )
@@ -311,7 +333,9 @@ def test_hanging_provider_gives_deadline_exceeded_within_the_deadline(router, si
     start = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         router.Complete(
-            router_pb2.CompleteRequest(prompt="hi", model="sim-chat", moderation=router_pb2.MODERATION_MODE_NONE),
+            router_pb2.CompleteRequest(
+                prompt="hi", model="sim-chat", moderation=router_pb2.MODERATION_MODE_NONE
+            ),
             timeout=1.5,
         )
     assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -320,16 +344,16 @@ def test_hanging_provider_gives_deadline_exceeded_within_the_deadline(router, si
 
 def test_judge_failures_abstain_and_never_count_as_safe(voter, sim):
     sim.add_fault(Fault(kind="malformed_json", model="sim-judge-1"))
-    resp = voter.Moderate(voter_pb2.ModerateRequest(text="The weather is lovely today."), timeout=10)
+    resp = voter.Moderate(
+        voter_pb2.ModerateRequest(text="The weather is lovely today."), timeout=10
+    )
     judge = next(v for v in resp.votes if v.model == "sim-judge")
     assert judge.status == voter_pb2.VOTE_STATUS_ERROR and "UNPARSEABLE_VERDICT" in judge.error
     assert resp.is_safe  # the Triton model still voted
     sim.clear_faults()
     sim.add_fault(Fault(kind="hang", seconds=30, model="sim-judge-1"))
     start = time.monotonic()
-    resp = voter.Moderate(
-        voter_pb2.ModerateRequest(text="hello", models=["sim-judge"]), timeout=10
-    )
+    resp = voter.Moderate(voter_pb2.ModerateRequest(text="hello", models=["sim-judge"]), timeout=10)
     assert time.monotonic() - start < 4.0  # model_timeout_s = 2
     assert resp.votes[0].status == voter_pb2.VOTE_STATUS_TIMEOUT
     assert not resp.is_safe and resp.requires_review
@@ -337,7 +361,9 @@ def test_judge_failures_abstain_and_never_count_as_safe(voter, sim):
 
 def test_code_fenced_verdicts_are_parsed(voter, sim):
     sim.add_fault(Fault(kind="code_fenced_json", model="sim-judge-1"))
-    resp = voter.Moderate(voter_pb2.ModerateRequest(text="hello there", models=["sim-judge"]), timeout=10)
+    resp = voter.Moderate(
+        voter_pb2.ModerateRequest(text="hello there", models=["sim-judge"]), timeout=10
+    )
     assert resp.votes[0].status == voter_pb2.VOTE_STATUS_OK
 
 
@@ -348,46 +374,69 @@ def test_cli_moderate_complete_usage_json(mesh):
     a = mesh.addresses
     out = subprocess.run(
         [str(BIN / "quorum"), "moderate", "have a nice day", "--voter", a["voter"], "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     doc = json.loads(out.stdout)
     assert doc["isSafe"] is True and len(doc["votes"]) == 2
     out = subprocess.run(
         [str(BIN / "quorum"), "complete", "hello", "--router", a["router"]],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert "model: sim-chat [sim]" in out.stdout and "SIMULATED" in out.stdout
     out = subprocess.run(
         [str(BIN / "quorum"), "usage", "--cost", a["cost"], "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert int(json.loads(out.stdout)["requests"]) >= 1
     bad = subprocess.run(
         [str(BIN / "quorum"), "complete", "hello", "--model", "gpt-9", "--router", a["router"]],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert bad.returncode == 1 and "NOT_FOUND" in bad.stderr
 
 
 @pytest.mark.parametrize(
     ("name", "service"),
-    [("router", "quorum.router.v1.RouterService"), ("voter", "quorum.voter.v1.VoterService"),
-     ("cost", "quorum.cost.v1.CostService")],
+    [
+        ("router", "quorum.router.v1.RouterService"),
+        ("voter", "quorum.voter.v1.VoterService"),
+        ("cost", "quorum.cost.v1.CostService"),
+    ],
 )
 def test_grpcurl_lists_and_describes_every_service(mesh, name, service):
     grpcurl = BIN / "grpcurl"
     listed = subprocess.run(
         [str(grpcurl), "-plaintext", mesh.addresses[name], "list"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout.split()
     assert service in listed and "grpc.health.v1.Health" in listed
     described = subprocess.run(
         [str(grpcurl), "-plaintext", mesh.addresses[name], "describe", service],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     assert "rpc " in described
     health = subprocess.run(
         [str(grpcurl), "-plaintext", mesh.addresses[name], "grpc.health.v1.Health/Check"],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     assert "SERVING" in health

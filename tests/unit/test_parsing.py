@@ -1,7 +1,6 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import pytest
 
 from services.voter.parsing import MAX_VERDICT_CHARS, Verdict, VerdictParseError, parse_verdict
 
@@ -44,8 +43,16 @@ def test_category_list_means_flagged():
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "not json", '{"is_safe": tru', '{"confidence": 0.9}', "[1, 2]", '{"is_safe": "maybe"}',
-     "x" * (MAX_VERDICT_CHARS + 1)],
+    [
+        "",
+        "   ",
+        "not json",
+        '{"is_safe": tru',
+        '{"confidence": 0.9}',
+        "[1, 2]",
+        '{"is_safe": "maybe"}',
+        "x" * (MAX_VERDICT_CHARS + 1),
+    ],
 )
 def test_unusable_answers_raise(text):
     with pytest.raises(VerdictParseError):
@@ -65,8 +72,10 @@ def test_any_text_gives_a_verdict_or_a_parse_error(text):
 @given(
     st.booleans(),
     st.floats(min_value=0, max_value=1),
-    st.dictionaries(st.sampled_from(["violence", "adult", "hate", "spam", "harassment"]),
-                    st.floats(min_value=0, max_value=1)),
+    st.dictionaries(
+        st.sampled_from(["violence", "adult", "hate", "spam", "harassment"]),
+        st.floats(min_value=0, max_value=1),
+    ),
     st.sampled_from(["{}", "```json\n{}\n```", "Sure: {} done", "```\n{}```"]),
 )
 def test_well_formed_verdicts_round_trip_in_any_wrapping(is_safe, conf, cats, wrapper):

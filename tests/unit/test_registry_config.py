@@ -56,10 +56,16 @@ def test_missing_key_marks_unusable_or_moves_to_simulator():
         ({"m": {"triton_model": "x", "input_per_mtok": "-1"}}, "non-negative"),
         ({"m": {"triton_model": "x", "input_per_mtok": "abc"}}, "not a decimal"),
         ({"m": {"triton_model": "x", "currency": "dollars"}}, "ISO 4217"),
-        ({"m": {"triton_model": "x", "moderation": {"categories": ["gore"]}}}, "choose one or more"),
+        (
+            {"m": {"triton_model": "x", "moderation": {"categories": ["gore"]}}},
+            "choose one or more",
+        ),
         ({"m": {"triton_model": "x", "moderation": {"weight": 0, "categories": ["hate"]}}}, "> 0"),
         ({"m": {"triton_model": "x", "colour": "red"}}, "unknown keys"),
-        ({"a": {"triton_model": "x", "name": "z"}, "b": {"triton_model": "y", "name": "z"}}, "used twice"),
+        (
+            {"a": {"triton_model": "x", "name": "z"}, "b": {"triton_model": "y", "name": "z"}},
+            "used twice",
+        ),
     ],
 )
 def test_bad_registry_entries_fail_at_start_up(models, message):
@@ -75,7 +81,9 @@ def test_default_model_must_exist():
 def test_file_then_environment_override_defaults(tmp_path):
     f = tmp_path / "q.toml"
     f.write_text('[voter]\nmin_votes = 3\n[router]\nmoderation = "both"\n')
-    data = config.load(f, env={"QUORUM_VOTER__MIN_VOTES": "2", "QUORUM_ROUTER__ADDRESS": "0.0.0.0:1"})
+    data = config.load(
+        f, env={"QUORUM_VOTER__MIN_VOTES": "2", "QUORUM_ROUTER__ADDRESS": "0.0.0.0:1"}
+    )
     assert data["voter"]["min_votes"] == 2  # env wins
     assert data["router"]["moderation"] == "both"  # file wins over defaults
     assert data["router"]["address"] == "0.0.0.0:1"

@@ -50,14 +50,19 @@ def test_errors():
 def test_brief_prices_in_micros():
     r = reg()
     assert cost_of(r.get("gpt-4.1").price, TokenUsage(1000, 500)).micros == 6000
-    assert cost_of(r.get("claude-sonnet-4.5").price, TokenUsage(1_000_000, 1_000_000)).micros == 18_000_000
+    assert (
+        cost_of(r.get("claude-sonnet-4.5").price, TokenUsage(1_000_000, 1_000_000)).micros
+        == 18_000_000
+    )
     assert cost_of(r.get("deepseek-v3.2").price, TokenUsage(1, 1)).micros == 1  # 0.56 rounds up
     assert micros_per_mtok(Decimal("0.14")) == 140_000
 
 
 @given(
-    st.integers(0, 10**9), st.integers(0, 10**9),
-    st.decimals(min_value=0, max_value=1000, places=4), st.decimals(min_value=0, max_value=1000, places=4),
+    st.integers(0, 10**9),
+    st.integers(0, 10**9),
+    st.decimals(min_value=0, max_value=1000, places=4),
+    st.decimals(min_value=0, max_value=1000, places=4),
 )
 def test_cost_is_exact_and_additive(i, o, pin, pout):
     price = Price(pin, pout)

@@ -70,7 +70,9 @@ votes = st.lists(
         status=st.sampled_from(list(Status)),
         is_safe=st.booleans(),
         confidence=st.floats(min_value=0, max_value=1),
-        categories=st.dictionaries(st.sampled_from(["hate", "spam"]), st.floats(min_value=0, max_value=1)),
+        categories=st.dictionaries(
+            st.sampled_from(["hate", "spam"]), st.floats(min_value=0, max_value=1)
+        ),
     ),
     max_size=6,
 )

@@ -1,0 +1,42 @@
+# One-command set-up: every target below creates .venv and installs the project first.
+#   make demo   start the mesh on the embedded defaults, run the examples, stop it
+#   make test   generated-code drift, lint, types, the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo up test lint protos bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python 3.11+ is required ($(PYTHON) is older)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+		--config-settings editable_mode=compat -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/quorum demo
+
+up: setup
+	$(BIN)/quorum up
+
+protos: setup
+	$(BIN)/python scripts/gen_protos.py
+
+lint: setup
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python bench/bench_mesh.py
+
+clean:
+	rm -rf $(VENV) .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis

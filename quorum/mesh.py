@@ -33,7 +33,7 @@ from quorum.registry import OpenAIBackend, load_registry
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
-    _parent_death_signal,
+    parent_death_signal,
     default_model_repository,
 )
 
@@ -182,7 +182,7 @@ class Mesh:
                 env=self._env(),
                 text=True,
                 start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-                preexec_fn=_parent_death_signal(),  # noqa: PLW1509
+                preexec_fn=parent_death_signal(),  # noqa: PLW1509
             )
         assert proc.stdout is not None
         lines: queue.Queue[str | None] = queue.Queue()

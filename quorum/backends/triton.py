@@ -1,0 +1,184 @@
+"""Adapter for classifier models served by Triton (KServe v2 over gRPC).
+
+The caller owns one long-lived ``tritonclient.grpc.aio.InferenceServerClient`` per process
+and passes it in. Models take ``TEXT`` (BYTES, ``[n, 1]``, UTF-8) and return ``SCORE``
+(FP32, ``[n, 1]``), e.g. ``triton/profanity_check``.
+
+Errors are :mod:`quorum.errors`, with messages written here (Triton's own text is never
+passed on):
+
+    DeadlineExceeded   the call ran past ``timeout_s``                reason TRITON_DEADLINE
+    Unavailable        Triton is down or unreachable                  reason TRITON_UNAVAILABLE
+    Unavailable        the model is unknown, loading or failed        reason MODEL_NOT_READY
+    Internal           anything else (a bad answer, a bad request)    reason TRITON_ERROR
+
+Each call is one OpenTelemetry client span, and its W3C context travels in the gRPC metadata,
+so Triton's own spans (``--trace-config mode=opentelemetry``) continue the caller's trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from quorum.errors import DeadlineExceeded, Internal, InvalidArgument, QuorumError, Unavailable
+
+__all__ = ["TritonScorer"]
+
+INPUT_NAME = "TEXT"
+OUTPUT_NAME = "SCORE"
+
+# Phrases in Triton's messages that mean "this model cannot serve now" rather than "the
+# server is down"; used only to choose the reason, never shown.
+_MODEL_STATE_HINTS = ("unknown model", "not found", "not ready", "is not available")
+
+
+def _map_error(exc: BaseException, model: str, timeout_s: float) -> QuorumError:
+    meta = {"model": model[:100]}
+    if isinstance(exc, QuorumError):
+        return exc
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        text = str(exc.message() or "").lower()
+        if status.endswith("DEADLINE_EXCEEDED"):
+            return DeadlineExceeded(
+                f"Triton model {model!r} did not answer within {timeout_s:g}s",
+                reason="TRITON_DEADLINE",
+                metadata=meta,
+            )
+        if status.endswith("NOT_FOUND") or (
+            status.endswith("UNAVAILABLE") and any(h in text for h in _MODEL_STATE_HINTS)
+        ):
+            return Unavailable(
+                f"Triton model {model!r} is not ready", reason="MODEL_NOT_READY", metadata=meta
+            )
+        if status.endswith("UNAVAILABLE"):
+            return Unavailable("Triton is unavailable", reason="TRITON_UNAVAILABLE", metadata=meta)
+        return Internal(
+            f"Triton model {model!r} failed ({status.removeprefix('StatusCode.') or 'error'})",
+            reason="TRITON_ERROR",
+            metadata=meta,
+        )
+    return Internal(f"Triton model {model!r} call failed", reason="TRITON_ERROR", metadata=meta)
+
+
+class TritonScorer:
+    """Scores texts with a Triton ``TEXT -> SCORE`` model.
+
+    Batches larger than ``max_batch_size`` (the model's ``max_batch_size``) are split into
+    concurrent requests; Triton's dynamic batcher merges them again on the server.
+    """
+
+    def __init__(
+        self,
+        client: InferenceServerClient,
+        *,
+        max_batch_size: int = 64,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._client = client
+        self._max_batch_size = max_batch_size
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+
+    async def score(
+        self,
+        model: str,
+        texts: Sequence[str],
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[float]:
+        """One score per text, in order. Raises quorum.errors (see the module docstring).
+
+        ``headers`` go to Triton as gRPC metadata. The span's parent is the current
+        OpenTelemetry context or, when ``headers`` carry a ``traceparent``, that one.
+        """
+        if isinstance(texts, str) or any(not isinstance(t, str) for t in texts):
+            raise InvalidArgument("texts must be a sequence of strings")
+        if not timeout_s > 0:
+            raise DeadlineExceeded("no time left to call Triton", reason="TRITON_DEADLINE")
+        attributes = {
+            "gen_ai.operation.name": "classify",
+            "gen_ai.provider.name": "triton",
+            "gen_ai.request.model": model,
+        }
+        parent = propagate.extract(headers) if headers and "traceparent" in headers else None
+        with self._tracer.start_as_current_span(
+            f"triton infer {model}",
+            context=parent,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            if not texts:
+                return []
+            metadata = dict(headers or {})
+            propagate.inject(metadata)  # after the caller's: Triton continues *this* span
+            chunks = [
+                texts[i : i + self._max_batch_size]
+                for i in range(0, len(texts), self._max_batch_size)
+            ]
+            try:
+                if len(chunks) == 1:
+                    return await self._infer(model, chunks[0], timeout_s, metadata)
+                async with asyncio.TaskGroup() as group:
+                    tasks = [
+                        group.create_task(self._infer(model, c, timeout_s, metadata))
+                        for c in chunks
+                    ]
+                return [s for t in tasks for s in t.result()]
+            except Exception as exc:
+                err = _map_error(_first(exc), model, timeout_s)
+                span.set_attribute("error.type", err.reason)
+                span.set_status(Status(StatusCode.ERROR, err.message))
+                raise err from None
+
+    async def _infer(
+        self, model: str, texts: Sequence[str], timeout_s: float, metadata: Mapping[str, str]
+    ) -> list[float]:
+        data = np.empty((len(texts), 1), dtype=object)
+        data[:, 0] = [t.encode("utf-8") for t in texts]
+        tensor = InferInput(INPUT_NAME, list(data.shape), "BYTES")
+        tensor.set_data_from_numpy(data)
+        result = await self._client.infer(
+            model_name=model,
+            inputs=[tensor],
+            outputs=[InferRequestedOutput(OUTPUT_NAME)],
+            client_timeout=timeout_s,
+            headers=dict(metadata),
+        )
+        scores: Any = result.as_numpy(OUTPUT_NAME)
+        if scores is None or scores.size != len(texts):
+            raise Internal(
+                f"Triton model {model!r} returned a malformed {OUTPUT_NAME}",
+                reason="TRITON_BAD_RESPONSE",
+                metadata={"model": model[:100]},
+            )
+        return [float(s) for s in np.asarray(scores, dtype=np.float32).reshape(-1)]
+
+    async def is_ready(self, model: str, *, timeout_s: float) -> bool:
+        """Whether ``model`` is loaded and ready; False on any error (never raises)."""
+        if not timeout_s > 0:
+            return False
+        try:
+            return bool(await self._client.is_model_ready(model, client_timeout=timeout_s))
+        except Exception:
+            return False
+
+
+def _first(exc: Exception) -> Exception:
+    """``exc`` itself, or the first leaf of a (possibly nested) exception group."""
+    while isinstance(exc, ExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,1 @@
+"""Local models that run offline: pure, typed wrappers that tests import without Triton."""

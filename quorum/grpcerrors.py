@@ -36,9 +36,7 @@ _TO_CODE: tuple[tuple[type[errors.QuorumError], grpc.StatusCode], ...] = (
     (errors.Internal, grpc.StatusCode.INTERNAL),
 )
 
-_FROM_CODE: dict[grpc.StatusCode, type[errors.QuorumError]] = {
-    code: cls for cls, code in _TO_CODE
-}
+_FROM_CODE: dict[grpc.StatusCode, type[errors.QuorumError]] = {code: cls for cls, code in _TO_CODE}
 _FROM_CODE[grpc.StatusCode.CANCELLED] = errors.Unavailable
 _FROM_CODE[grpc.StatusCode.ABORTED] = errors.Unavailable
 _FROM_CODE[grpc.StatusCode.UNKNOWN] = errors.Internal

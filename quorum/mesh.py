@@ -33,8 +33,8 @@ from quorum.registry import OpenAIBackend, load_registry
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
-    parent_death_signal,
     default_model_repository,
+    parent_death_signal,
 )
 
 log = logging.getLogger(__name__)

@@ -144,9 +144,7 @@ class Registry:
             if m.moderation is not None and m.unavailable_reason is None
         )
 
-    def resolve_keys(
-        self, env: Mapping[str, str], *, simulator_url: str | None = None
-    ) -> Registry:
+    def resolve_keys(self, env: Mapping[str, str], *, simulator_url: str | None = None) -> Registry:
         """Bind models to what the environment provides.
 
         A model whose provider needs an API key that ``env`` lacks is either moved onto the

@@ -1,7 +1,7 @@
 """Regenerate the Python code for protos/ into quorum/<service>/v1/.
 
-    python scripts/gen_protos.py          # write the generated files
-    python scripts/gen_protos.py --check  # exit 1 when the committed files differ (CI)
+python scripts/gen_protos.py          # write the generated files
+python scripts/gen_protos.py --check  # exit 1 when the committed files differ (CI)
 """
 
 from __future__ import annotations

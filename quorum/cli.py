@@ -101,7 +101,7 @@ def format_completion(resp: router_pb2.CompleteResponse, *, with_text: bool = Tr
         votes = sum(v.status == voter_pb2.VOTE_STATUS_OK for v in m.votes)
         lines.append(
             f"  input moderation: {'safe' if m.is_safe else 'unsafe'} "
-            f"({votes} votes, {m.latency_ms} ms)"
+            f"({votes} vote{'s' if votes != 1 else ''}, {m.latency_ms} ms)"
         )
     if resp.HasField("output_moderation"):
         m = resp.output_moderation

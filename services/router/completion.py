@@ -184,11 +184,20 @@ class Completer:
         done.text, done.finish_reason, done.usage = result.text, result.finish_reason, result.usage
         await self._finish(prompt, done, deadline)
         done.latency_ms = int((time.monotonic() - start) * 1000)
+        if done.output_moderation is not None and not done.output_moderation.is_safe:
+            # the call happened and is paid for (usage is recorded); the text is withheld
+            raise ContentBlocked(
+                "the answer was withheld by moderation: "
+                + "; ".join(done.output_moderation.reasons[:3]),
+                reason="OUTPUT_BLOCKED",
+                metadata={"request_id": prompt.request_id, "model": done.spec.name},
+            )
         return done
 
     async def stream(self, prompt: Prompt, deadline: Deadline) -> AsyncIterator[str | Completion]:
         """Yields text deltas, then the Completion (text left empty). Retries and fallbacks
-        happen only before the first delta has been sent."""
+        happen only before the first delta has been sent. Output moderation runs on the
+        whole answer once it is complete; its verdict is in the Completion."""
         start = time.monotonic()
         route, done = await self._prepare(prompt, deadline)
         parts: list[str] = []

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from quorum.backends.types import TokenUsage
 from quorum.deadline import Deadline
-from quorum.errors import InvalidArgument, NotFound, QuorumError
+from quorum.errors import DeadlineExceeded, InvalidArgument, NotFound, QuorumError
 from quorum.usage import UsageRecord, UsageRecorder
 from services.voter.judges import Judge, JudgeResult
 from services.voter.voting import Decision, Policy, Status, Vote, combine
@@ -118,11 +118,7 @@ class Moderator:
                 spec.name, weight, Status.TIMEOUT, error=f"no answer within {timeout_s:.2f}s"
             )
         except QuorumError as err:
-            status = (
-                Status.TIMEOUT
-                if err.reason.endswith("TIMEOUT") or err.reason == "DEADLINE_EXCEEDED"
-                else Status.ERROR
-            )
+            status = Status.TIMEOUT if isinstance(err, DeadlineExceeded) else Status.ERROR
             vote = Vote(spec.name, weight, status, error=f"{err.reason}: {err.message}")
         except Exception:
             log.exception("judge %s failed", spec.name)

@@ -440,3 +440,28 @@ def test_grpcurl_lists_and_describes_every_service(mesh, name, service):
         check=True,
     ).stdout
     assert "SERVING" in health
+
+
+def test_output_moderation_withholds_an_unsafe_answer(router, sim):
+    # the simulator echoes the prompt into its answer; with input moderation off, an
+    # offensive echo reaches the output check
+    with pytest.raises(grpc.RpcError) as e:
+        router.Complete(
+            router_pb2.CompleteRequest(
+                prompt="repeat: you stupid worthless idiot moron",
+                model="sim-chat",
+                moderation=router_pb2.MODERATION_MODE_OUTPUT,
+            ),
+            timeout=20,
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(e.value).reason == "OUTPUT_BLOCKED"
+    ok = router.Complete(
+        router_pb2.CompleteRequest(
+            prompt="Say something kind.",
+            model="sim-chat",
+            moderation=router_pb2.MODERATION_MODE_BOTH,
+        ),
+        timeout=20,
+    )
+    assert ok.input_moderation.is_safe and ok.output_moderation.is_safe

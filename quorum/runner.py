@@ -4,7 +4,8 @@
 
 Prints one line ``quorum-<name> listening on HOST:PORT`` on stdout once it accepts calls
 (scripts and tests read the port from it), then logs JSON on stderr. Exits 0 after a
-graceful drain on SIGTERM or SIGINT, 2 on a configuration error.
+graceful drain on SIGTERM or SIGINT, 2 on a configuration error, 1 when the address cannot
+be bound.
 """
 
 from __future__ import annotations
@@ -69,15 +70,28 @@ def run(
     shutdown_tracing = telemetry.setup(service)  # before any channel or server exists
     try:
         asyncio.run(_serve(service, settings, create))
+    except ConfigError as e:
+        print(f"{service}: configuration error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:
+        print(f"{service}: cannot serve: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         shutdown_tracing()
 
 
 async def _serve(service: str, settings: S, create: Callable[[S], Awaitable[Created]]) -> None:
     server, port, monitor, close = await create(settings)
-    await server.start()
-    await monitor.update()
+    try:
+        await monitor.update()  # health tells the truth before the first call arrives
+        await server.start()
+    except BaseException:
+        await close()
+        raise
     host = getattr(settings, "address", "127.0.0.1:0").rsplit(":", 1)[0]
-    print(f"{service} listening on {host}:{port}", flush=True)
-    log.info("listening on %s:%d", host, port)
-    await serve_until_signal(server, monitor, on_stop=close)
+
+    def announce() -> None:
+        print(f"{service} listening on {host}:{port}", flush=True)
+        log.info("listening on %s:%d", host, port)
+
+    await serve_until_signal(server, monitor, on_stop=close, on_ready=announce)

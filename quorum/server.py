@@ -28,7 +28,9 @@ def create_server(
     service_names: Sequence[str],
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our services (added by ``register``), reflection and health, bound to
-    ``address`` ("127.0.0.1:0" picks a free port). Health starts NOT_SERVING."""
+    ``address`` ("127.0.0.1:0" picks a free port). Run the HealthMonitor's first
+    :meth:`HealthMonitor.update` before starting the server, so health is never SERVING
+    before the dependencies have been checked."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -112,13 +114,18 @@ async def serve_until_signal(
     *,
     grace_s: float = 5.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then: health NOT_SERVING, stop taking RPCs, let
-    in-flight ones finish for ``grace_s``, then ``on_stop`` (close clients, flush)."""
+    in-flight ones finish for ``grace_s``, then ``on_stop`` (close clients, flush).
+    ``on_ready`` runs once the signal handlers are in place (announce readiness there, so a
+    caller that signals at once is handled)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready()
     monitor.start()
     await stop.wait()
     log.info("draining (grace %.1fs)", grace_s)

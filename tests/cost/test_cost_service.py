@@ -1,0 +1,439 @@
+"""The cost service over gRPC: a real grpc.aio server on 127.0.0.1:0 with a SQLite ledger in
+tmp_path, the generated stubs, and (last) the real ``python -m services.cost`` process probed
+with the real grpcurl binary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from quorum.common.v1 import common_pb2
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from services.cost.config import CostSettings
+from services.cost.server import SERVICE_NAME, create
+
+if TYPE_CHECKING:
+    from conftest import CostHarness, ServiceProcess
+
+T0 = 1_700_000_000  # seconds since the epoch; a fixed point in the past
+
+
+def usage_request(
+    request_id: str = "req-1",
+    model: str = "gpt-4.1",
+    input_tokens: int = 1000,
+    output_tokens: int = 500,
+    *,
+    at: int | None = None,
+    source: str = "router",
+) -> cost_pb2.RecordUsageRequest:
+    req = cost_pb2.RecordUsageRequest(
+        request_id=request_id,
+        model=model,
+        usage=common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens),
+        source=source,
+    )
+    if at is not None:
+        req.occurred_at.seconds = at
+    return req
+
+
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    assert status.code == err.code().value[0]
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1, status
+    assert infos[0].domain == "quorum"
+    return infos[0]
+
+
+async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    return info.value
+
+
+# --- RecordUsage ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "micros"),
+    [
+        ("gpt-4.1", 6000),  # 1000 × 2.00 + 500 × 8.00 micro-USD
+        ("claude-sonnet-4.5", 10500),  # 3000 + 7500
+        ("gemini-2.5-flash", 1750),  # 500 + 1250
+        ("deepseek-v3.2", 350),  # 140 + 210
+        ("profanity-check", 0),  # local model: no price
+    ],
+)
+async def test_record_usage_prices_the_call(cost: CostHarness, model: str, micros: int) -> None:
+    resp = await cost.stub.RecordUsage(usage_request(model=model), timeout=5)
+    assert resp.cost == common_pb2.Money(micros=micros, currency="USD")
+    assert not resp.duplicate
+
+
+async def test_price_rounds_half_up_once_per_call(cost: CostHarness) -> None:
+    # 1 input token of deepseek-v3.2 is 0.14 micro-USD, 3 output tokens 1.26: 1.40 → 1
+    resp = await cost.stub.RecordUsage(usage_request(model="deepseek-v3.2", input_tokens=1,
+                                                     output_tokens=3), timeout=5)  # fmt: skip
+    assert resp.cost.micros == 1
+    # 25 output tokens = 10.5 micro-USD → 11
+    resp = await cost.stub.RecordUsage(
+        usage_request("req-2", model="deepseek-v3.2", input_tokens=0, output_tokens=25), timeout=5
+    )
+    assert resp.cost.micros == 11
+
+
+async def test_duplicate_returns_the_first_cost_and_counts_once(cost: CostHarness) -> None:
+    first = await cost.stub.RecordUsage(usage_request(at=T0), timeout=5)
+    again = await cost.stub.RecordUsage(usage_request(at=T0 + 60, source="voter"), timeout=5)
+    assert again.duplicate
+    assert again.cost == first.cost == common_pb2.Money(micros=6000, currency="USD")
+    summary = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert summary.requests == 1
+    assert summary.usage == common_pb2.Usage(input_tokens=1000, output_tokens=500)
+    assert list(summary.totals) == [common_pb2.Money(micros=6000, currency="USD")]
+
+
+async def test_reusing_a_request_id_for_another_call_fails(cost: CostHarness) -> None:
+    await cost.stub.RecordUsage(usage_request(), timeout=5)
+    err = await rpc_error(cost.stub.RecordUsage(usage_request(output_tokens=501), timeout=5))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "req-1" in (err.details() or "")
+    info = error_info(err)
+    assert info.reason == "REQUEST_ID_REUSED"
+    assert info.metadata["request_id"] == "req-1"
+
+
+def _mutate(**changes: Any) -> Callable[[cost_pb2.RecordUsageRequest], None]:
+    def apply(req: cost_pb2.RecordUsageRequest) -> None:
+        for path, value in changes.items():
+            target: Any = req
+            *parents, leaf = path.split("__")
+            for p in parents:
+                target = getattr(target, p)
+            if value is None:
+                target.ClearField(leaf)
+            else:
+                setattr(target, leaf, value)
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (_mutate(request_id=""), "request_id"),
+        (_mutate(request_id="x" * 129), "request_id"),
+        (_mutate(request_id="line\nbreak"), "request_id"),
+        (_mutate(model=""), "model"),
+        (_mutate(usage=None), "usage"),
+        (_mutate(usage__input_tokens=-1), "usage.input_tokens"),
+        (_mutate(usage__input_tokens=10_000_001), "usage.input_tokens"),
+        (_mutate(usage__output_tokens=-5), "usage.output_tokens"),
+        (_mutate(usage__output_tokens=2**62), "usage.output_tokens"),
+        (_mutate(source="s" * 65), "source"),
+        (_mutate(occurred_at__nanos=-1), "occurred_at"),
+        (_mutate(occurred_at__seconds=300_000_000_000), "occurred_at"),
+    ],
+)
+async def test_invalid_record_requests_name_the_field(
+    cost: CostHarness, change: Callable[[cost_pb2.RecordUsageRequest], None], field: str
+) -> None:
+    req = usage_request()
+    change(req)
+    err = await rpc_error(cost.stub.RecordUsage(req, timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.details() or "").startswith(f"{field}: ")
+    info = error_info(err)
+    assert info.reason == "INVALID_FIELD"
+    assert info.metadata["field"] == field
+    # nothing was stored
+    summary = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert summary.requests == 0
+
+
+async def test_limits_are_inclusive(cost: CostHarness) -> None:
+    req = usage_request("x" * 128, input_tokens=10_000_000, output_tokens=10_000_000)
+    resp = await cost.stub.RecordUsage(req, timeout=5)
+    assert resp.cost.micros == 10_000_000 * 2 + 10_000_000 * 8
+
+
+async def test_unknown_model_is_not_found(cost: CostHarness) -> None:
+    err = await rpc_error(cost.stub.RecordUsage(usage_request(model="gpt-5-ultra"), timeout=5))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "gpt-5-ultra" in (err.details() or "")
+    info = error_info(err)
+    assert info.reason == "MODEL_NOT_FOUND"
+    assert info.metadata["model"] == "gpt-5-ultra"
+
+
+# --- GetUsageSummary ---------------------------------------------------------------------------
+
+
+def ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+async def test_summary_per_model_over_a_time_range(cost: CostHarness) -> None:
+    for i, (model, at) in enumerate(
+        [
+            ("gpt-4.1", T0),
+            ("gpt-4.1", T0 + 10),
+            ("deepseek-v3.2", T0 + 20),
+            ("gpt-4.1", T0 + 30),  # the end is exclusive: not counted below
+        ]
+    ):
+        await cost.stub.RecordUsage(usage_request(f"r{i}", model, at=at), timeout=5)
+
+    s = await cost.stub.GetUsageSummary(
+        cost_pb2.GetUsageSummaryRequest(start_time=ts(T0), end_time=ts(T0 + 30)), timeout=5
+    )
+    assert [(m.model, m.requests, m.cost.micros) for m in s.models] == [
+        ("deepseek-v3.2", 1, 350),
+        ("gpt-4.1", 2, 12000),
+    ]
+    assert s.models[1].usage == common_pb2.Usage(input_tokens=2000, output_tokens=1000)
+    assert s.requests == 3
+    assert s.usage == common_pb2.Usage(input_tokens=3000, output_tokens=1500)
+    assert list(s.totals) == [common_pb2.Money(micros=12350, currency="USD")]
+
+    s = await cost.stub.GetUsageSummary(
+        cost_pb2.GetUsageSummaryRequest(start_time=ts(T0 + 10), model="gpt-4.1"), timeout=5
+    )
+    assert [(m.model, m.requests) for m in s.models] == [("gpt-4.1", 2)]
+
+
+async def test_summary_end_defaults_to_now(cost: CostHarness) -> None:
+    future = int(time.time()) + 3600
+    await cost.stub.RecordUsage(usage_request("past", at=T0), timeout=5)
+    await cost.stub.RecordUsage(usage_request("now"), timeout=5)  # occurred_at defaults to now
+    await cost.stub.RecordUsage(usage_request("future", at=future), timeout=5)
+    s = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert s.requests == 2
+    s = await cost.stub.GetUsageSummary(
+        cost_pb2.GetUsageSummaryRequest(start_time=ts(T0 + 1), end_time=ts(future + 1)), timeout=5
+    )
+    assert s.requests == 2  # "now" and "future"
+
+
+async def test_summary_end_before_start_is_invalid(cost: CostHarness) -> None:
+    req = cost_pb2.GetUsageSummaryRequest(start_time=ts(T0), end_time=ts(T0 - 1))
+    err = await rpc_error(cost.stub.GetUsageSummary(req, timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end_time" in (err.details() or "")
+    info = error_info(err)
+    assert info.reason == "INVALID_FIELD"
+    assert info.metadata["field"] == "end_time"
+
+
+async def test_summary_for_an_unknown_model_is_empty(cost: CostHarness) -> None:
+    await cost.stub.RecordUsage(usage_request(at=T0), timeout=5)
+    s = await cost.stub.GetUsageSummary(
+        cost_pb2.GetUsageSummaryRequest(model="no-such-model"), timeout=5
+    )
+    assert s == cost_pb2.GetUsageSummaryResponse(usage=common_pb2.Usage())
+    assert s.requests == 0
+
+
+# --- ListPrices --------------------------------------------------------------------------------
+
+
+async def test_list_prices_sorted_in_micros_per_million_tokens(cost: CostHarness) -> None:
+    resp = await cost.stub.ListPrices(cost_pb2.ListPricesRequest(), timeout=5)
+    got = [
+        (p.model, p.input_micros_per_mtok, p.output_micros_per_mtok, p.currency)
+        for p in resp.prices
+    ]
+    assert got == [
+        ("claude-sonnet-4.5", 3_000_000, 15_000_000, "USD"),
+        ("deepseek-v3.2", 140_000, 420_000, "USD"),
+        ("gemini-2.5-flash", 500_000, 2_500_000, "USD"),
+        ("gpt-4.1", 2_000_000, 8_000_000, "USD"),
+        ("profanity-check", 0, 0, "USD"),
+    ]
+
+
+# --- health, reflection, tracing ---------------------------------------------------------------
+
+
+async def health_status(channel: grpc.aio.Channel, service: str) -> int:
+    """The service's health; SERVICE_UNKNOWN while the server has no status for it yet."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    return int(resp.status)
+
+
+async def test_health_follows_the_ledger(cost: CostHarness) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    # nothing is claimed before the monitor has asked the ledger
+    assert await health_status(cost.channel, SERVICE_NAME) != serving
+    cost.monitor.start()
+    deadline = time.monotonic() + 5
+    while await health_status(cost.channel, SERVICE_NAME) != serving:
+        assert time.monotonic() < deadline, "never SERVING"
+        await asyncio.sleep(0.02)
+    assert await health_status(cost.channel, "") == serving
+
+    await cost.close_ledger()  # the database goes away: not serving any more
+    assert not await cost.monitor.update()
+    for name in (SERVICE_NAME, ""):
+        assert await health_status(cost.channel, name) == health_pb2.HealthCheckResponse.NOT_SERVING
+    err = await rpc_error(cost.stub.RecordUsage(usage_request(), timeout=5))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(err).reason == "LEDGER_UNAVAILABLE"
+
+
+async def test_reflection_lists_the_cost_service(cost: CostHarness) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(cost.channel)
+    call = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
+    names = set()
+    async for resp in call:
+        names |= {s.name for s in resp.list_services_response.service}
+    assert {SERVICE_NAME, "quorum.cost.v1.CostService", "grpc.health.v1.Health"} <= names
+
+
+async def test_record_usage_annotates_the_server_span(settings: CostSettings) -> None:
+    """With the OpenTelemetry gRPC instrumentation (as ``telemetry.setup`` installs it), the
+    server span of RecordUsage carries the GenAI and cost attributes."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrumentor = GrpcAioInstrumentorServer()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        server, port, monitor, close = await create(settings)
+    finally:
+        instrumentor.uninstrument()  # only the server created above is instrumented
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = cost_pb2_grpc.CostServiceStub(channel)
+            await stub.RecordUsage(usage_request(), timeout=5)
+            await stub.RecordUsage(usage_request(), timeout=5)
+    finally:
+        await server.stop(None)
+        await monitor.stop()
+        await close()
+        provider.shutdown()
+    spans = [s for s in exporter.get_finished_spans() if s.name.endswith("/RecordUsage")]
+    assert len(spans) == 2
+    expected = {
+        "gen_ai.request.model": "gpt-4.1",
+        "gen_ai.usage.input_tokens": 1000,
+        "gen_ai.usage.output_tokens": 500,
+        "quorum.cost.micros": 6000,
+        "quorum.cost.currency": "USD",
+    }
+    for span, duplicate in zip(spans, (False, True), strict=True):
+        attrs = dict(span.attributes or {})
+        assert {k: attrs.get(k) for k in expected} == expected
+        assert attrs["quorum.usage.duplicate"] is duplicate
+
+
+# --- the real process, probed with the real grpcurl ----------------------------------------------
+
+
+def grpcurl(binary: Path, *args: str) -> str:
+    done = subprocess.run(
+        [str(binary), "-plaintext", *args], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_subprocess_serves_grpcurl_and_drains_on_sigterm(
+    service_process: Callable[..., ServiceProcess], grpcurl_path: Path, tmp_path: Path
+) -> None:
+    db = tmp_path / "ledger.sqlite3"
+    svc = service_process(
+        "services.cost", "--address", "127.0.0.1:0", "--set", f"cost.database={db}",
+        env={"QUORUM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert svc.address.startswith("127.0.0.1:")
+    assert svc.port > 0
+
+    listed = grpcurl(grpcurl_path, svc.address, "list").split()
+    assert "quorum.cost.v1.CostService" in listed
+    assert "grpc.health.v1.Health" in listed
+
+    described = grpcurl(grpcurl_path, svc.address, "describe", "quorum.cost.v1.CostService")
+    assert "service CostService {" in described
+    for rpc in ("RecordUsage", "GetUsageSummary", "ListPrices"):
+        assert f"rpc {rpc}" in described
+
+    body = json.dumps(
+        {
+            "requestId": "cli-1",
+            "model": "gpt-4.1",
+            "usage": {"inputTokens": 1000, "outputTokens": 500},
+        }
+    )
+    out = json.loads(
+        grpcurl(grpcurl_path, "-d", body, svc.address, "quorum.cost.v1.CostService/RecordUsage")
+    )
+    assert out == {"cost": {"micros": "6000", "currency": "USD"}}
+
+    started = time.monotonic()
+    assert svc.stop() == 0, svc.logs()
+    assert time.monotonic() - started < 5
+    logs = [json.loads(line) for line in svc.logs().splitlines()]
+    assert any(entry["msg"] == "stopped" for entry in logs)
+    assert all(entry["service"] == "quorum-cost" for entry in logs)
+
+    # the record is durable in the file the process was told to use
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT request_id, cost_micros FROM usage").fetchall() == [
+            ("cli-1", 6000)
+        ]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--address", "no-port"], "address"),
+        (["--config", "/nonexistent/quorum.toml"], "cannot read config file"),
+    ],
+)
+def test_subprocess_exits_on_a_config_error_with_one_line(
+    run_module: Callable[..., subprocess.CompletedProcess[str]], args: list[str], message: str
+) -> None:
+    done = run_module("services.cost", *args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("quorum-cost: configuration error:")
+    assert message in lines[0]

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,14 @@ def format_usage(resp: cost_pb2.GetUsageSummaryResponse) -> str:
     return "\n".join(lines)
 
 
+def _show(args: argparse.Namespace, resp: Message, fmt: Callable[[Any], str]) -> int:
+    if args.json:
+        _print_json(resp)
+    else:
+        print(fmt(resp))
+    return 0
+
+
 def _fail(err: grpc.RpcError, service: str) -> int:
     assert isinstance(err, grpc.Call)
     qerr = from_rpc_error(err, service=service)  # type: ignore[arg-type]
@@ -154,11 +162,7 @@ def cmd_moderate(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as e:
             return _fail(e, "voter")
-    if args.json:
-        _print_json(resp)
-    else:
-        print(format_moderation(resp))
-    return 0
+    return _show(args, resp, format_moderation)
 
 
 def _request(args: argparse.Namespace) -> router_pb2.CompleteRequest:
@@ -200,11 +204,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
             resp = stub.Complete(_request(args), timeout=args.timeout)
         except grpc.RpcError as e:
             return _fail(e, "router")
-    if args.json:
-        _print_json(resp)
-    else:
-        print(format_completion(resp))
-    return 0
+    return _show(args, resp, format_completion)
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -215,11 +215,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as e:
             return _fail(e, "cost")
-    if args.json:
-        _print_json(resp)
-    else:
-        print(format_usage(resp))
-    return 0
+    return _show(args, resp, format_usage)
 
 
 # -- mesh commands --------------------------------------------------------------------------------

@@ -91,6 +91,17 @@ def from_rpc_error(err: grpc.aio.AioRpcError, *, service: str) -> errors.QuorumE
     return cls(message, reason=reason, metadata=metadata)
 
 
+async def _abort_for(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, where: str
+) -> NoReturn:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, errors.QuorumError):
+        await abort(context, exc)
+    log.error("unhandled error in %s", where, exc_info=exc)
+    await abort(context, errors.Internal("internal error", reason="INTERNAL"))
+
+
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 
@@ -102,13 +113,8 @@ def map_errors(handler: H) -> H:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await handler(self, request, context)
-        except errors.QuorumError as err:
-            await abort(context, err)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("unhandled error in %s", handler.__qualname__)
-            await abort(context, errors.Internal("internal error", reason="INTERNAL"))
+        except Exception as exc:
+            await _abort_for(context, exc, handler.__qualname__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -126,12 +132,7 @@ def map_stream_errors(handler: S) -> S:
         try:
             async for item in handler(self, request, context):
                 yield item
-        except errors.QuorumError as err:
-            await abort(context, err)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("unhandled error in %s", handler.__qualname__)
-            await abort(context, errors.Internal("internal error", reason="INTERNAL"))
+        except Exception as exc:
+            await _abort_for(context, exc, handler.__qualname__)
 
     return wrapper  # type: ignore[return-value]

@@ -31,7 +31,8 @@ from services.cost.config import CostSettings
 from services.cost.server import SERVICE_NAME, create
 
 if TYPE_CHECKING:
-    from conftest import CostHarness, ServiceProcess
+    from tests.conftest import ServiceProcess
+    from tests.cost.conftest import CostHarness
 
 T0 = 1_700_000_000  # seconds since the epoch; a fixed point in the past
 

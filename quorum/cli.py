@@ -29,7 +29,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from quorum import config, protoconv
+from quorum import config, protoconv, telemetry
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.errors import QuorumError
 from quorum.grpcerrors import from_rpc_error
@@ -324,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+CLIENT_COMMANDS = ("moderate", "complete", "usage")
 COMMANDS = {
     "up": cmd_up,
     "demo": cmd_demo,
@@ -340,11 +341,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         logging.basicConfig(level=os.environ["QUORUM_LOG_LEVEL"].upper())
     try:
-        code = COMMANDS[args.command](args)
+        if args.command in CLIENT_COMMANDS and telemetry.export_enabled(os.environ):
+            code = _traced(args)
+        else:
+            code = COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         code = 2
     raise SystemExit(code)
+
+
+def _traced(args: argparse.Namespace) -> int:
+    """Run a client command as the root span of its trace and say which trace it was."""
+    from opentelemetry import trace
+
+    shutdown = telemetry.setup_client("quorum-cli")
+    try:
+        with trace.get_tracer(__name__).start_as_current_span(f"quorum {args.command}") as span:
+            code = COMMANDS[args.command](args)
+            print(f"trace id: {span.get_span_context().trace_id:032x}", file=sys.stderr)
+        return code
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -73,6 +73,15 @@ def setup(
     return shutdown
 
 
+def setup_client(service: str, env: Mapping[str, str] | None = None) -> Callable[[], None]:
+    """Tracing for a synchronous gRPC client (the CLI): its calls start the trace."""
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+
+    shutdown = setup(service, env, instrument=False)
+    GrpcInstrumentorClient().instrument()
+    return shutdown
+
+
 def _instrument() -> None:
     from opentelemetry.instrumentation.grpc import (
         GrpcAioInstrumentorClient,

@@ -134,7 +134,8 @@ def validate(
             reason="TOO_MANY_MESSAGES",
             metadata={"field": "messages", "limit": str(max_messages)},
         )
-    total = sum(len(m.content) for m in msgs)
+    # counted as the voter sees it: the messages joined by newlines
+    total = sum(len(m.content) for m in msgs) + len(msgs) - 1
     if total > max_chars:
         raise InvalidArgument(
             f"the prompt has {total} characters; the limit is {max_chars}",

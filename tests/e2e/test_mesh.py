@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -465,3 +466,23 @@ def test_output_moderation_withholds_an_unsafe_answer(router, sim):
         timeout=20,
     )
     assert ok.input_moderation.is_safe and ok.output_moderation.is_safe
+
+
+def test_cli_call_starts_the_trace(mesh, rx):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env |= {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint}
+    out = subprocess.run(
+        [str(BIN / "quorum"), "complete", "hello", "--router", mesh.addresses["router"]],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    )  # fmt: skip
+    m = re.search(r"trace id: ([0-9a-f]{32})", out.stderr)
+    assert m, out.stderr
+    trace_id = m.group(1)
+
+    def arrived(spans):
+        services = {s["service_name"] for s in spans if s["trace_id"] == trace_id}
+        return {"quorum-cli", "quorum-router", "quorum-voter", "triton"} <= services
+
+    spans = [s for s in rx.wait_for_spans(arrived, timeout_s=30) if s["trace_id"] == trace_id]
+    roots = [s for s in spans if not s["parent_span_id"]]
+    assert [r["service_name"] for r in roots] == ["quorum-cli"]

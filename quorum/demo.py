@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from quorum.cli import format_completion, format_moderation, format_usage
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.formatting import format_completion, format_moderation, format_usage
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 

@@ -91,14 +91,15 @@ class Mesh:
         return env
 
     def _needs_simulator(self) -> tuple[str, ...]:
-        registry = load_registry(self._config)
-        missing = []
-        for spec in registry.models.values():
-            b = spec.backend
-            if isinstance(b, OpenAIBackend) and b.provider.api_key_env:
-                if not self.options.env.get(b.provider.api_key_env):
-                    missing.append(spec.name)
-        return tuple(sorted(missing))
+        """Generative models that lack their API key in the environment."""
+        registry = load_registry(self._config).resolve_keys(self.options.env)
+        return tuple(
+            sorted(
+                m.name
+                for m in registry.models.values()
+                if m.unavailable_reason and isinstance(m.backend, OpenAIBackend)
+            )
+        )
 
     # -- start ---------------------------------------------------------------------------
 

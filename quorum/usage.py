@@ -135,10 +135,6 @@ class UsageRecorder:
             os.fsync(f.fileno())
         tmp.replace(self._spool)
 
-    async def pending(self) -> int:
-        async with self._lock:
-            return len(await asyncio.to_thread(self._read_sync))
-
     async def flush(self) -> int:
         """Re-send spooled records; returns how many are still pending."""
         async with self._lock:

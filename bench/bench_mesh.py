@@ -1,19 +1,23 @@
-"""Start-up time of the mesh and the latency of one Moderate and one Complete, measured.
+"""Start-up time of `quorum up` and the latency of one Moderate and one Complete, measured.
 
     .venv/bin/python bench/bench_mesh.py [--starts 3] [--requests 200]
 
-Starts the whole mesh as `quorum up` does (Triton, cost, voter, router and the provider
-simulator, no API key: the simulator answers with zero added latency), on free ports with a
-temporary data folder, then sends requests one at a time through the generated stubs and
-prints p50/p95/max. What is measured is Quorum's own overhead plus the local models: the
-simulated provider adds no think time.
+Runs `quorum up` as a person does (no API key: Triton, cost, voter, router and the provider
+simulator; ports moved to free ones with QUORUM_* overrides, a temporary data folder) and
+times it from launch to "Quorum is up" (every service SERVING). Against the last one it
+sends requests one at a time through the generated stubs and prints p50/p95/max. The
+simulator adds no think time, so this is Quorum's own overhead plus the local model.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,16 +25,62 @@ from pathlib import Path
 
 import grpc
 
-from quorum.mesh import Mesh, MeshOptions
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
+
+QUORUM = str(Path(sys.executable).parent / "quorum")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def start_quorum_up(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], float]:
+    router, voter, cost, th, tg, tm, sim = free_ports(7)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env |= {
+        "QUORUM_DATA_DIR": str(data_dir),
+        "QUORUM_ROUTER__ADDRESS": f"127.0.0.1:{router}",
+        "QUORUM_VOTER__ADDRESS": f"127.0.0.1:{voter}",
+        "QUORUM_COST__ADDRESS": f"127.0.0.1:{cost}",
+        "QUORUM_TRITON__HTTP_PORT": str(th),
+        "QUORUM_TRITON__GRPC_PORT": str(tg),
+        "QUORUM_TRITON__METRICS_PORT": str(tm),
+        "QUORUM_SIMULATOR__PORT": str(sim),
+    }
+    t = time.perf_counter()
+    proc = subprocess.Popen(
+        [QUORUM, "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Quorum is up"):
+            took = time.perf_counter() - t
+            break
+    else:
+        raise SystemExit(f"quorum up failed (exit {proc.wait()})")
+    addresses = {"router": f"127.0.0.1:{router}", "voter": f"127.0.0.1:{voter}"}
+    return proc, addresses, took
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
 
 
 def percentiles(samples: list[float]) -> str:
     s = sorted(samples)
-    p50 = statistics.median(s)
     p95 = s[min(len(s) - 1, int(0.95 * len(s)))]
-    return f"p50 {p50:7.2f} ms   p95 {p95:7.2f} ms   max {s[-1]:7.2f} ms   (n={len(s)})"
+    return (
+        f"p50 {statistics.median(s):6.2f} ms   p95 {p95:6.2f} ms   max {s[-1]:6.2f} ms"
+        f"   (n={len(s)}, one at a time)"
+    )
 
 
 def timed(call: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
@@ -44,60 +94,53 @@ def timed(call: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
     return out
 
 
+def call(rpc: Callable[..., object], req: object) -> Callable[[], object]:
+    return lambda: rpc(req, timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--starts", type=int, default=3, help="mesh start-ups to time")
+    parser.add_argument("--starts", type=int, default=3, help="`quorum up` start-ups to time")
     parser.add_argument("--requests", type=int, default=200, help="requests per measurement")
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
 
-    starts = []
     with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
+        starts = []
         for i in range(args.starts):
-            mesh = Mesh(MeshOptions(data_dir=Path(tmp) / str(i), ephemeral_ports=True, env=env))
-            t = time.perf_counter()
-            mesh.start()
-            starts.append(time.perf_counter() - t)
+            proc, addresses, took = start_quorum_up(Path(tmp) / str(i))
+            starts.append(took)
             if i < args.starts - 1:
-                mesh.stop()
-        print("mesh start-up (Triton + cost + voter + router + simulator, until all SERVING):")
+                stop(proc)
+        print("`quorum up` start-up (launch to every service SERVING, simulator included):")
         print(
-            f"  runs {len(starts)}: "
+            "  "
             + ", ".join(f"{s:.2f} s" for s in starts)
             + f"   median {statistics.median(starts):.2f} s"
         )
         try:
             with (
-                grpc.insecure_channel(mesh.addresses["voter"]) as vch,
-                grpc.insecure_channel(mesh.addresses["router"]) as rch,
+                grpc.insecure_channel(addresses["voter"]) as vch,
+                grpc.insecure_channel(addresses["router"]) as rch,
             ):
                 voter = voter_pb2_grpc.VoterServiceStub(vch)
                 router = router_pb2_grpc.RouterServiceStub(rch)
                 text = "Thanks for the quick delivery, the package arrived in perfect condition."
                 mod = voter_pb2.ModerateRequest(text=text)
-                print("Moderate (local profanity-check on Triton; no keyed judge):")
-                print(
-                    "  "
-                    + percentiles(timed(lambda: voter.Moderate(mod, timeout=10), args.requests))
-                )
                 plain = router_pb2.CompleteRequest(
                     prompt="What is a quorum?", moderation=router_pb2.MODERATION_MODE_NONE
                 )
-                print("Complete on the simulator, no moderation (route, call, price, record):")
-                print(
-                    "  "
-                    + percentiles(timed(lambda: router.Complete(plain, timeout=10), args.requests))
-                )
                 moderated = router_pb2.CompleteRequest(prompt="What is a quorum?")
-                print("Complete on the simulator with input moderation (the default policy):")
-                print(
-                    "  "
-                    + percentiles(
-                        timed(lambda: router.Complete(moderated, timeout=10), args.requests)
-                    )
+                n = args.requests
+                rows = (
+                    ("Moderate (profanity-check on Triton; no keyed judge)", voter.Moderate, mod),
+                    ("Complete, simulator, no moderation", router.Complete, plain),
+                    ("Complete, simulator, input moderation (default)", router.Complete, moderated),
                 )
+                for title, rpc, req in rows:
+                    print(f"{title}:")
+                    print("  " + percentiles(timed(call(rpc, req), n)))
         finally:
-            mesh.stop()
+            stop(proc)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +35,7 @@ from quorum.grpcerrors import from_rpc_error
 from quorum.mesh import Mesh, MeshOptions
 from quorum.registry import ConfigError
 from quorum.router.v1 import router_pb2, router_pb2_grpc
+from quorum.signals import StopSignals
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 
 # -- printing ---------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
     for name in ("router", "voter", "cost", "triton", "simulator"):
         if name in mesh.addresses:
             print(f"  {name:<10} {mesh.addresses[name]}")
-    print(f"  logs       {mesh.log_dir}")
+    print(f"  logs       {mesh.log_dir.resolve()}")
     if mesh.simulated_models:
         print(
             "No API key is set for: " + ", ".join(mesh.simulated_models) + ".\n"
@@ -156,9 +155,7 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir or config.data_dir())
     mesh = Mesh(MeshOptions(data_dir=data_dir, config_path=args.config, simulator=args.simulator))
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopSignals().install()
     start = time.monotonic()
     print("starting Triton, cost, voter and router ...", flush=True)
     try:

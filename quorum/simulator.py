@@ -58,7 +58,6 @@ import logging
 import math
 import os
 import re
-import signal
 import socket
 import sys
 import threading
@@ -67,8 +66,10 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Literal, cast, get_args
+
+from quorum.signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -909,13 +910,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             parser.error(f"environment variable {args.api_key_env} is not set")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = StopSignals().install()
     sim = ProviderSimulator(
         args.host,
         args.port,
@@ -934,6 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     finally:
         sim.stop()
+        stop.restore()
     return 0
 
 

@@ -46,12 +46,13 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO
 
 import httpx
 
 from quorum.errors import FailedPrecondition, Unavailable
+from quorum.signals import StopSignals
 
 __all__ = ["TritonOptions", "TritonServer", "default_model_repository", "main"]
 
@@ -551,12 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         otlp_schedule_delay_ms=args.otlp_schedule_delay_ms,
         log_file=args.log_file,
     )
-    stopping = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopping = StopSignals().install()
     server = TritonServer(options)
     try:
         try:
@@ -579,8 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         server.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stopping.restore()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,9 +28,23 @@ from quorum.grpcerrors import from_rpc_error
 
 log = logging.getLogger(__name__)
 
+#: the longest request id the cost service takes (its RecordUsage limit)
+MAX_KEY_CHARS = 128
+
 #: a spool larger than this many records means the cost service has been down for long;
 #: records still go to disk, and it is logged loudly
 SPOOL_WARN_RECORDS = 10_000
+
+
+def usage_key(*parts: str) -> str:
+    """The ledger key of one model call: the parts joined by ":" (e.g. request id, step,
+    model). A key longer than the ledger takes is shortened deterministically (a prefix plus
+    a hash of the whole), so a re-sent record still lands on the same key."""
+    key = ":".join(parts)
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    suffix = "~sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+    return key[: MAX_KEY_CHARS - len(suffix)] + suffix
 
 
 @dataclass(frozen=True)

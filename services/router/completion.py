@@ -22,7 +22,7 @@ from quorum.errors import ContentBlocked, InvalidArgument, QuorumError
 from quorum.pricing import Cost, cost_of
 from quorum.registry import ModelSpec, OpenAIBackend, Registry
 from quorum.retry import RetryPolicy, retryable
-from quorum.usage import UsageRecord, UsageRecorder
+from quorum.usage import UsageRecord, UsageRecorder, usage_key
 from quorum.voter.v1 import voter_pb2
 from services.router.routing import Route, choose
 
@@ -273,7 +273,7 @@ class Completer:
         span.set_attribute("quorum.cost.micros", done.cost.micros)
         span.set_attribute("quorum.cost.currency", done.cost.currency)
         record = UsageRecord(
-            request_id=f"{prompt.request_id}:complete",
+            request_id=usage_key(prompt.request_id, "complete"),
             model=done.spec.name,
             input_tokens=done.usage.input_tokens,
             output_tokens=done.usage.output_tokens,

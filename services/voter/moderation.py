@@ -17,7 +17,7 @@ from opentelemetry import trace
 from quorum.backends.types import TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import DeadlineExceeded, InvalidArgument, NotFound, QuorumError
-from quorum.usage import UsageRecord, UsageRecorder
+from quorum.usage import UsageRecord, UsageRecorder, usage_key
 from services.voter.judges import Judge, JudgeResult
 from services.voter.voting import Decision, Policy, Status, Vote, combine
 
@@ -139,7 +139,7 @@ class Moderator:
         now_us = int(time.time() * 1_000_000)
         recs = [
             UsageRecord(
-                request_id=f"{request_id}:judge:{b.vote.model}",
+                request_id=usage_key(request_id, "judge", b.vote.model),
                 model=b.vote.model,
                 input_tokens=b.usage.input_tokens,
                 output_tokens=b.usage.output_tokens,

@@ -70,6 +70,22 @@ class UsageRecord:
         )
 
 
+def _refused(err: errors.QuorumError) -> bool:
+    """A refusal for good, as opposed to the cost service being down or slow."""
+    return not isinstance(
+        err, errors.Unavailable | errors.DeadlineExceeded | errors.ResourceExhausted
+    )
+
+
+def _append_sync(path: Path, recs: list[UsageRecord]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for rec in recs:
+            f.write(json.dumps(asdict(rec), separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class UsageRecorder:
     def __init__(
         self,
@@ -86,6 +102,8 @@ class UsageRecorder:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        #: records the cost service refused for good (never re-sent, never dropped)
+        self.rejected_path = spool.with_name(spool.stem + ".rejected.jsonl")
 
     async def record(
         self, rec: UsageRecord, *, timeout_s: float
@@ -94,13 +112,12 @@ class UsageRecorder:
         try:
             return await self._send(rec, timeout_s)
         except errors.QuorumError as err:
-            if isinstance(err, errors.InvalidArgument | errors.NotFound):
-                # the cost service will never take it: keep it for a person, say so
-                log.error("usage record %s refused: %s", rec.request_id, err.reason)
+            if _refused(err):
+                await self._reject([rec], err)
             else:
                 log.warning("cost service unavailable (%s); spooling usage", err.reason)
-            await self._append(rec)
-            self._wake.set()
+                await self._append(self._spool, [rec])
+                self._wake.set()
             return None
 
     async def _send(self, rec: UsageRecord, timeout_s: float) -> cost_pb2.RecordUsageResponse:
@@ -112,17 +129,19 @@ class UsageRecorder:
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, service="cost") from None
 
-    async def _append(self, rec: UsageRecord) -> None:
-        line = json.dumps(asdict(rec), separators=(",", ":")) + "\n"
-        async with self._lock:
-            await asyncio.to_thread(self._append_sync, line)
+    async def _reject(self, recs: list[UsageRecord], err: errors.QuorumError) -> None:
+        """The cost service will never take these (e.g. a model it does not know): keep them
+        for a person in the rejected file, and stop re-sending them."""
+        for rec in recs:
+            log.error(
+                "usage record %s refused by the cost service (%s); kept in %s",
+                rec.request_id, err.reason, self.rejected_path,
+            )  # fmt: skip
+        await asyncio.to_thread(_append_sync, self.rejected_path, recs)
 
-    def _append_sync(self, line: str) -> None:
-        self._spool.parent.mkdir(parents=True, exist_ok=True)
-        with self._spool.open("a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+    async def _append(self, path: Path, recs: list[UsageRecord]) -> None:
+        async with self._lock:
+            await asyncio.to_thread(_append_sync, path, recs)
 
     def _read_sync(self) -> list[UsageRecord]:
         try:
@@ -143,11 +162,8 @@ class UsageRecorder:
             self._spool.unlink(missing_ok=True)
             return
         tmp = self._spool.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(asdict(r), separators=(",", ":")) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.unlink(missing_ok=True)
+        _append_sync(tmp, recs)
         tmp.replace(self._spool)
 
     async def flush(self) -> int:
@@ -161,10 +177,10 @@ class UsageRecorder:
                 try:
                     await self._send(rec, self._send_timeout)
                 except errors.QuorumError as err:
-                    if isinstance(err, errors.Unavailable | errors.DeadlineExceeded):
+                    if not _refused(err):
                         left = recs[i:]  # still down: keep the rest, in order
                         break
-                    left.append(rec)  # refused: keep it for a person
+                    await self._reject([rec], err)
             await asyncio.to_thread(self._rewrite_sync, left)
             if len(left) > SPOOL_WARN_RECORDS:
                 log.error("%d usage records waiting in %s", len(left), self._spool)

@@ -199,3 +199,27 @@ async def test_triton_down_voter_not_serving_and_never_says_safe(tmp_path):
         assert "only 0 of 1 models voted" in resp.reasons[0]
     finally:
         await stop(voter)
+
+
+async def test_records_the_cost_service_refuses_are_kept_aside_not_retried(tmp_path):
+    from quorum.usage import UsageRecord, UsageRecorder
+
+    env = {"QUORUM_DATA_DIR": str(tmp_path)}
+    cost_port = free_port()
+    data = mesh_config(
+        "http://127.0.0.1:9/v1", cost_port=cost_port, voter_port=0, moderation="none"
+    )
+    cost = await start(cost_server.create, cost_settings(data, env))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
+            spool = tmp_path / "spool.jsonl"
+            recorder = UsageRecorder(cost_pb2_grpc.CostServiceStub(ch), spool)
+            bad = UsageRecord("k1", "no-such-model", 1, 1, "router", 1_700_000_000_000_000)
+            assert await recorder.record(bad, timeout_s=5) is None
+            good = UsageRecord("k2", "sim-chat", 1, 1, "router", 1_700_000_000_000_000)
+            assert (await recorder.record(good, timeout_s=5)).cost.micros == 3
+            assert not spool.exists()  # nothing waits to be re-sent
+            kept = recorder.rejected_path.read_text().splitlines()
+            assert len(kept) == 1 and '"no-such-model"' in kept[0]
+    finally:
+        await stop(cost)

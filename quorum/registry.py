@@ -9,6 +9,7 @@ The registry is plain data built from a TOML table (see ``quorum/defaults.toml``
     [providers.openai]
     base_url = "https://api.openai.com/v1"
     api_key_env = "OPENAI_API_KEY"      # the *name* of the variable; never the key
+    json_mode = "json_schema"           # or "json_object", "none": how judges ask for JSON
 
     [models.gpt-4-1]
     name = "gpt-4.1"                    # optional; defaults to the table key
@@ -51,12 +52,18 @@ class Price:
     currency: str = "USD"
 
 
+JsonMode = Literal["json_schema", "json_object", "none"]
+JSON_MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
     base_url: str
     api_key_env: str | None = None
     simulated: bool = False
+    #: how to ask for JSON: OpenAI-style structured output, plain JSON mode, or the prompt only
+    json_mode: JsonMode = "json_schema"
 
 
 @dataclass(frozen=True)
@@ -206,11 +213,15 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
         key_env = p.get("api_key_env")
         if key_env is not None and (not isinstance(key_env, str) or not key_env):
             raise ConfigError(f"{where}.api_key_env: must be the name of a variable")
+        json_mode = p.get("json_mode", "json_schema")
+        if json_mode not in JSON_MODES:
+            raise ConfigError(f"{where}.json_mode: one of {', '.join(JSON_MODES)}")
         providers[pname] = Provider(
             name=pname,
             base_url=_str(p, "base_url", where).rstrip("/"),
             api_key_env=key_env,
             simulated=bool(p.get("simulated", False)),
+            json_mode=json_mode,
         )
 
     models: dict[str, ModelSpec] = {}

@@ -35,8 +35,9 @@ Rules the answers follow (deterministic, so tests can rely on them)
 * Streams send one content chunk per token (4 characters), after a first chunk carrying
   ``{"role": "assistant", "content": ""}`` and before a chunk carrying ``finish_reason``.
 * Judge mode: ``response_format = {"type": "json_schema", "json_schema": {"name":
-  "moderation_verdict", ...}}`` makes the content a JSON verdict computed from keyword lists
-  over the last user message (see :func:`judge`). ``max_tokens`` bounds the whole JSON.
+  "moderation_verdict", ...}}`` (or plain JSON mode, ``{"type": "json_object"}``) makes the
+  content a JSON verdict computed from keyword lists over the last user message (see
+  :func:`judge`). ``max_tokens`` bounds the whole JSON.
 * Authorization: with ``api_key`` set, ``/v1/*`` requests need ``Authorization: Bearer
   <key>``, else 401. Admin endpoints and ``/healthz`` never need a key (loopback test tool).
 * Request bodies over :data:`MAX_BODY_BYTES` get 413.
@@ -849,10 +850,16 @@ def _validate_chat(body: object) -> str | None:
 
 def _is_judge(body: Mapping[str, Any]) -> bool:
     rf = body.get("response_format")
-    if not isinstance(rf, dict) or rf.get("type") != "json_schema":
+    if not isinstance(rf, dict):
         return False
+    if rf.get("type") == "json_object":  # plain JSON mode: the only JSON we make is a verdict
+        return True
     schema = rf.get("json_schema")
-    return isinstance(schema, dict) and schema.get("name") == "moderation_verdict"
+    return (
+        rf.get("type") == "json_schema"
+        and isinstance(schema, dict)
+        and schema.get("name") == "moderation_verdict"
+    )
 
 
 def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[str, str]:

@@ -51,6 +51,16 @@ VERDICT_SCHEMA: dict[str, Any] = {
 }
 
 
+def response_format(mode: str) -> dict[str, Any] | None:
+    """What to ask the provider for; the prompt asks for JSON in every mode, and the parser
+    copes with whatever comes back."""
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": VERDICT_SCHEMA}
+    if mode == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
 @dataclass(frozen=True)
 class JudgeResult:
     vote: Vote
@@ -88,7 +98,7 @@ class LLMJudge:
             messages=(ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", text)),
             max_tokens=self._max_tokens,
             temperature=0.0,
-            response_format={"type": "json_schema", "json_schema": VERDICT_SCHEMA},
+            response_format=response_format(self._backend.provider.json_mode),
         )
         result = await self._chat.complete(self._backend, request, timeout_s=timeout_s)
         try:

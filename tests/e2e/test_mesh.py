@@ -486,3 +486,11 @@ def test_cli_call_starts_the_trace(mesh, rx):
     spans = [s for s in rx.wait_for_spans(arrived, timeout_s=30) if s["trace_id"] == trace_id]
     roots = [s for s in spans if not s["parent_span_id"]]
     assert [r["service_name"] for r in roots] == ["quorum-cli"]
+
+
+def test_task_routing_falls_back_to_the_next_model(router, sim):
+    sim.add_fault(Fault(kind="status", status=503, model="sim-cheap-1"))
+    resp = router.Complete(router_pb2.CompleteRequest(prompt="hello", task="chat"), timeout=20)
+    assert resp.model == "sim-chat"  # sim-cheap is cheaper but kept failing
+    tried = [r.model for r in sim.requests if r.model in ("sim-cheap-1", "sim-chat-1")]
+    assert tried[-4:] == ["sim-cheap-1", "sim-cheap-1", "sim-cheap-1", "sim-chat-1"]

@@ -67,11 +67,19 @@ _PR_SET_PDEATHSIG = 1
 
 
 def default_model_repository() -> Path:
-    """The project's ``triton/`` model repository, or ``$QUORUM_TRITON_REPOSITORY``."""
+    """``$QUORUM_TRITON_REPOSITORY``, else the checkout's ``triton/`` folder (beside the
+    ``quorum`` package, as in a source or editable install), else ``./triton``."""
     env = os.environ.get("QUORUM_TRITON_REPOSITORY")
     if env:
         return Path(env).expanduser().resolve()
-    return Path(__file__).resolve().parents[1] / "triton"
+    for candidate in (Path(__file__).resolve().parents[1] / "triton", Path.cwd() / "triton"):
+        if candidate.is_dir():
+            return candidate
+    raise FailedPrecondition(
+        "no Triton model repository: run from a Quorum checkout or set "
+        "QUORUM_TRITON_REPOSITORY to its triton/ folder",
+        reason="TRITON_REPOSITORY_MISSING",
+    )
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,20 +24,11 @@ from pathlib import Path
 
 import grpc
 
+from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 
 QUORUM = str(Path(sys.executable).parent / "quorum")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [int(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_quorum_up(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], float]:

@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -43,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +51,7 @@ from typing import IO
 import httpx
 
 from quorum.errors import FailedPrecondition, Unavailable
+from quorum.ids import free_ports
 from quorum.signals import StopSignals
 
 __all__ = ["TritonOptions", "TritonServer", "default_model_repository", "main"]
@@ -129,17 +129,6 @@ def _locate_dist() -> _Dist:
                 reason="TRITON_NOT_INSTALLED",
             )
     return dist
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held together while picking, then released)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((HOST, 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
 
 
 def _child_env() -> dict[str, str]:
@@ -328,7 +317,7 @@ class TritonServer:
                 for src in (dist.backend_lib, dist.backend_utils, dist.stub):
                     (backend_dir / "python" / src.name).symlink_to(src)
                 o = self.options
-                free = iter(_free_ports(3))
+                free = iter(free_ports(3, HOST))
                 self._ports = (
                     o.http_port or next(free),
                     o.grpc_port or next(free),

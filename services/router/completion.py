@@ -7,7 +7,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,6 +14,7 @@ from typing import Protocol
 
 from opentelemetry import trace
 
+from quorum import ids
 from quorum.backends.openai import OpenAIChat
 from quorum.backends.types import ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.deadline import Deadline
@@ -98,12 +98,7 @@ def validate(
     temperature: float | None,
 ) -> tuple[str, tuple[ChatMessage, ...]]:
     """Check a request's fields; returns the request id to use and the messages."""
-    if request_id and (len(request_id) > MAX_REQUEST_ID or not request_id.isprintable()):
-        raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID} printable characters",
-            reason="BAD_REQUEST_ID",
-            metadata={"field": "request_id"},
-        )
+    rid = ids.request_id(request_id, limit=MAX_REQUEST_ID)
     if messages and prompt:
         raise InvalidArgument(
             "give either prompt or messages, not both",
@@ -154,7 +149,7 @@ def validate(
             reason="BAD_TEMPERATURE",
             metadata={"field": "temperature"},
         )
-    return request_id or uuid.uuid4().hex, msgs
+    return rid, msgs
 
 
 class Completer:

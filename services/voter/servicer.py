@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import grpc
 
-from quorum import protoconv
+from quorum import ids, protoconv
 from quorum.deadline import Deadline
-from quorum.errors import InvalidArgument
 from quorum.grpcerrors import map_errors
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 from services.voter.moderation import Moderator, Outcome
@@ -22,18 +20,6 @@ _STATUS = {
     Status.TIMEOUT: voter_pb2.VOTE_STATUS_TIMEOUT,
 }
 MAX_REQUEST_ID = 128
-
-
-def request_id_of(given: str) -> str:
-    if not given:
-        return uuid.uuid4().hex
-    if len(given) > MAX_REQUEST_ID or not given.isprintable():
-        raise InvalidArgument(
-            f"request_id must be at most {MAX_REQUEST_ID} printable characters",
-            reason="BAD_REQUEST_ID",
-            metadata={"field": "request_id"},
-        )
-    return given
 
 
 def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2.ModerateResponse:
@@ -81,7 +67,7 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
             context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
         )
         start = time.monotonic()
-        request_id = request_id_of(request.request_id)
+        request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
         outcome = await self._moderator.moderate(
             request.text, request_id, list(request.models), deadline
         )

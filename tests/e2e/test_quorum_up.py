@@ -14,20 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from quorum.ids import free_ports
+
 pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
 BIN = Path(sys.executable).parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def port_open(port: int) -> bool:

@@ -4,7 +4,6 @@ says so. Real in-process gRPC servers on loopback, a real SQLite ledger, a real 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -14,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quorum import config
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
@@ -26,9 +26,21 @@ from services.voter.config import VoterSettings
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+async def wait_for_recorded(cost_port: int, timeout_s: float = 15.0):
+    """Poll the cost service's summary until it holds a record (or the time is up)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
+        stub = cost_pb2_grpc.CostServiceStub(ch)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            summary = await stub.GetUsageSummary(
+                cost_pb2.GetUsageSummaryRequest(), timeout=5, wait_for_ready=True
+            )
+            if summary.requests or time.monotonic() > deadline:
+                return summary
+            await asyncio.sleep(0.2)
 
 
 def mesh_config(sim_url: str, *, cost_port: int, voter_port: int, moderation: str) -> dict:
@@ -92,18 +104,10 @@ async def test_cost_down_usage_is_spooled_then_recorded_once(sim, tmp_path):
 
         cost = await start(cost_server.create, cost_settings(data, env))
         try:
+            summary = await wait_for_recorded(cost_port)
+            assert summary.requests == 1
             async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
                 stub = cost_pb2_grpc.CostServiceStub(ch)
-                deadline = time.monotonic() + 15
-                summary = None
-                while time.monotonic() < deadline:
-                    summary = await stub.GetUsageSummary(
-                        cost_pb2.GetUsageSummaryRequest(), timeout=5, wait_for_ready=True
-                    )
-                    if summary.requests:
-                        break
-                    await asyncio.sleep(0.2)
-                assert summary is not None and summary.requests == 1
                 assert summary.usage == resp.usage
                 assert summary.totals[0].micros == resp.cost.micros
                 assert not spool.exists()
@@ -138,17 +142,7 @@ async def test_spooled_usage_survives_a_router_restart(sim, tmp_path):
     cost = await start(cost_server.create, cost_settings(data, env))
     router = await start(router_server.create, RouterSettings.from_config(data, env))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                s = await stub.GetUsageSummary(
-                    cost_pb2.GetUsageSummaryRequest(), timeout=5, wait_for_ready=True
-                )
-                if s.requests:
-                    break
-                await asyncio.sleep(0.2)
-            assert s.requests == 1
+        assert (await wait_for_recorded(cost_port)).requests == 1
     finally:
         await stop(router)
         await stop(cost)

@@ -1,0 +1,35 @@
+"""Request ids and loopback ports: small helpers every service (and the tests) share."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from contextlib import ExitStack
+
+from quorum.errors import InvalidArgument
+
+
+def request_id(given: str, *, limit: int) -> str:
+    """The client's request id, checked (at most ``limit`` printable characters), or a new
+    one when it gave none."""
+    if not given:
+        return uuid.uuid4().hex
+    if len(given) > limit or not given.isprintable():
+        raise InvalidArgument(
+            f"request_id must be at most {limit} printable characters",
+            reason="BAD_REQUEST_ID",
+            metadata={"field": "request_id"},
+        )
+    return given
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports on ``host`` (held together while picking, then
+    released: another process may still take one before it is used)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports

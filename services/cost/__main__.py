@@ -1,7 +1,8 @@
 """python -m services.cost [--config FILE] [--address HOST:PORT] [--set SECTION.KEY=VALUE]
 
 e.g. ``--set cost.database=/var/lib/quorum/ledger.sqlite3`` (relative paths are taken from
-``$QUORUM_DATA_DIR``)."""
+``$QUORUM_DATA_DIR``), or ``--set cost.database=postgresql://quorum@db:5432/quorum`` for a
+ledger that several replicas share (the password from ``PGPASSWORD``)."""
 
 from __future__ import annotations
 

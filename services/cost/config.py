@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quorum import config
+from quorum.auth import AuthSettings
 from quorum.registry import ConfigError, Registry, load_registry
+from quorum.tls import TlsSettings
+from services.cost.groupcommit import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUED
+from services.cost.pgledger import PostgresUrl, is_postgres_url
 
 SECTION = "cost"
 
@@ -19,10 +23,20 @@ SECTION = "cost"
 class CostSettings:
     #: "HOST:PORT" to listen on; port 0 picks a free one
     address: str
-    #: the SQLite ledger file (absolute: relative config values are resolved at load)
-    database: Path
+    #: the ledger: a SQLite file (absolute: relative config values are resolved at load), or
+    #: a ``postgresql://`` URL for a ledger that several replicas share (its ``str()`` masks
+    #: the password; without one in the URL, ``PGPASSWORD`` is used)
+    database: Path | PostgresUrl
     #: prices come from here; the cost service needs no API keys, so keys are not resolved
     registry: Registry
+    #: who may call (the cost service calls no other service: it needs no key of its own)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    #: the most usage records the ledger writes in one transaction (group commit)
+    max_batch_records: int = DEFAULT_MAX_BATCH
+    #: the most records waiting to be written; past it a record is answered UNAVAILABLE
+    #: (LEDGER_BUSY) at once
+    max_queued_records: int = DEFAULT_MAX_QUEUED
 
 
 def check_address(address: str, where: str) -> str:
@@ -40,7 +54,8 @@ def from_config(
     database: str | Path | None = None,
 ) -> CostSettings:
     """Settings from merged configuration; ``address`` and ``database`` (command-line flags)
-    win over it. A relative database path is taken from :func:`quorum.config.data_dir`."""
+    win over it. A ``postgresql://`` or ``postgres://`` database is a PostgreSQL URL; anything
+    else is a SQLite path, and a relative one is taken from :func:`quorum.config.data_dir`."""
     env = os.environ if env is None else env
     table = config.section(data, SECTION)
     if address is not None:
@@ -49,13 +64,28 @@ def from_config(
         table["database"] = str(database)
     where = f"[{SECTION}]"
     addr = check_address(config.get_str(table, "address", where), f"{where}.address")
-    db = Path(config.get_str(table, "database", where)).expanduser()
-    if not db.is_absolute():
-        db = config.data_dir(env) / db
+    raw = config.get_str(table, "database", where)
+    db: Path | PostgresUrl
+    if is_postgres_url(raw):
+        try:
+            db = PostgresUrl(raw, env)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.database: {e}") from None
+    else:
+        path = Path(raw).expanduser()
+        db = (path if path.is_absolute() else config.data_dir(env) / path).absolute()
     registry = load_registry(data)
     if not registry.models:
         raise ConfigError("[models]: the cost service needs at least one model to price")
-    return CostSettings(address=addr, database=db.absolute(), registry=registry)
+    return CostSettings(
+        address=addr,
+        database=db,
+        registry=registry,
+        auth=AuthSettings.from_config(data, env),
+        tls=TlsSettings.from_config(data, env),
+        max_batch_records=config.get_int(table, "max_batch_records", where, minimum=1),
+        max_queued_records=config.get_int(table, "max_queued_records", where, minimum=1),
+    )
 
 
 def load_settings(

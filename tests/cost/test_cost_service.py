@@ -1,10 +1,12 @@
-"""The cost service over gRPC: a real grpc.aio server on 127.0.0.1:0 with a SQLite ledger in
-tmp_path, the generated stubs, and (last) the real ``python -m services.cost`` process probed
-with the real grpcurl binary."""
+"""The cost service over gRPC: a real grpc.aio server on 127.0.0.1:0 over each ledger backend
+(a SQLite file in tmp_path, a real PostgreSQL), the generated stubs; two services sharing one
+PostgreSQL ledger; and (last) the real ``python -m services.cost`` process probed with the
+real grpcurl binary."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -18,19 +20,22 @@ import pytest
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from quorum import telemetry
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from services.cost.config import CostSettings
 from services.cost.server import SERVICE_NAME, create
+from tests.cost.conftest import fresh_schema_url, make_settings
 
 if TYPE_CHECKING:
+    from quorum.pgserver import TempPostgres
     from tests.conftest import ServiceProcess
     from tests.cost.conftest import CostHarness
 
@@ -192,6 +197,127 @@ async def test_unknown_model_is_not_found(cost: CostHarness) -> None:
     assert info.metadata["model"] == "gpt-5-ultra"
 
 
+# --- RecordUsageBatch ----------------------------------------------------------------------------
+
+
+def result_error(result: cost_pb2.RecordUsageResult) -> tuple[int, str, dict[str, str], str]:
+    """A failed record's code, ErrorInfo reason and metadata, and message."""
+    assert result.WhichOneof("result") == "error", result
+    status = result.error
+    infos = []
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            infos.append(info)
+    assert len(infos) == 1 and infos[0].domain == "quorum", status
+    return status.code, infos[0].reason, dict(infos[0].metadata), status.message
+
+
+def batch(*records: cost_pb2.RecordUsageRequest) -> cost_pb2.RecordUsageBatchRequest:
+    return cost_pb2.RecordUsageBatchRequest(records=records)
+
+
+async def test_a_batch_answers_each_record_as_record_usage_would(cost: CostHarness) -> None:
+    no_usage = usage_request("no-usage")
+    no_usage.ClearField("usage")
+    resp = await cost.stub.RecordUsageBatch(
+        batch(
+            usage_request("a", at=T0),
+            usage_request("", at=T0),  # no request id
+            usage_request("b", model="gpt-5-ultra"),  # a model the registry does not know
+            usage_request("a", at=T0 + 60, source="voter"),  # a retry of the first
+            usage_request("a", output_tokens=501),  # another call under the first's id
+            no_usage,
+            usage_request("c", model="deepseek-v3.2", at=T0),
+        ),
+        timeout=5,
+    )
+    r = resp.results
+    assert len(r) == 7
+    assert r[0].recorded == cost_pb2.RecordUsageResponse(
+        cost=common_pb2.Money(micros=6000, currency="USD"), duplicate=False
+    )
+    assert result_error(r[1])[:3] == (
+        grpc.StatusCode.INVALID_ARGUMENT.value[0], "INVALID_FIELD", {"field": "request_id"}
+    )  # fmt: skip
+    assert result_error(r[1])[3].startswith("request_id: ")
+    assert result_error(r[2])[:3] == (
+        grpc.StatusCode.NOT_FOUND.value[0], "MODEL_NOT_FOUND", {"model": "gpt-5-ultra"}
+    )  # fmt: skip
+    assert r[3].recorded.duplicate and r[3].recorded.cost.micros == 6000
+    assert result_error(r[4])[:3] == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0], "REQUEST_ID_REUSED", {"request_id": "a"}
+    )  # fmt: skip
+    assert result_error(r[5])[2] == {"field": "usage"}
+    assert r[6].recorded == cost_pb2.RecordUsageResponse(
+        cost=common_pb2.Money(micros=350, currency="USD")
+    )
+    summary = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert summary.requests == 2
+    assert list(summary.totals) == [common_pb2.Money(micros=6350, currency="USD")]
+    # what the batch stored, RecordUsage finds: the same cost, a duplicate
+    again = await cost.stub.RecordUsage(usage_request("c", model="deepseek-v3.2"), timeout=5)
+    assert again.duplicate and again.cost.micros == 350
+
+
+async def test_a_batch_commits_the_reservations_its_records_name(cost: CostHarness) -> None:
+    limit = common_pb2.Money(micros=100_000, currency="USD")
+    await cost.stub.SetBudget(
+        cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)), timeout=5
+    )
+    r = await cost.stub.Reserve(
+        cost_pb2.ReserveRequest(
+            request_id="a", tenant="acme", model="gpt-4.1", input_tokens=1000,
+            max_output_tokens=1000,
+        ),
+        timeout=5,
+    )  # fmt: skip
+    committing = usage_request("a")
+    committing.tenant, committing.reservation_id = "acme", r.reservation_id
+    stray = usage_request("b")
+    stray.tenant, stray.reservation_id = "acme", r.reservation_id  # the same reservation
+    resp = await cost.stub.RecordUsageBatch(batch(committing, stray), timeout=5)
+    assert not resp.results[0].recorded.duplicate
+    assert result_error(resp.results[1])[:2] == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0], "RESERVATION_COMMITTED"
+    )  # fmt: skip
+    (status,) = (
+        await cost.stub.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5)
+    ).budgets
+    assert (status.spent.micros, status.reserved.micros) == (6000, 0)
+
+
+async def test_a_batch_of_nothing_answers_nothing(cost: CostHarness) -> None:
+    resp = await cost.stub.RecordUsageBatch(batch(), timeout=5)
+    assert list(resp.results) == []
+
+
+async def test_a_batch_of_too_many_records_is_refused_whole(cost: CostHarness) -> None:
+    records = [usage_request(f"r{i}") for i in range(1001)]
+    err = await rpc_error(cost.stub.RecordUsageBatch(batch(*records), timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(err).metadata["field"] == "records"
+    assert (err.details() or "").startswith("records: must be at most 1000 records")
+    summary = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert summary.requests == 0
+    resp = await cost.stub.RecordUsageBatch(batch(*records[:1000]), timeout=10)
+    assert all(not r.recorded.duplicate for r in resp.results)
+    assert len(resp.results) == 1000
+
+
+async def test_a_batch_on_a_ledger_that_is_gone_is_unavailable_per_record(
+    cost: CostHarness,
+) -> None:
+    await cost.close_ledger()
+    resp = await cost.stub.RecordUsageBatch(
+        batch(usage_request("a"), usage_request("b", model="gpt-5-ultra")), timeout=5
+    )
+    assert result_error(resp.results[0])[:2] == (
+        grpc.StatusCode.UNAVAILABLE.value[0], "LEDGER_UNAVAILABLE"
+    )  # fmt: skip
+    assert result_error(resp.results[1])[1] == "MODEL_NOT_FOUND"  # its own error first
+
+
 # --- GetUsageSummary ---------------------------------------------------------------------------
 
 
@@ -274,7 +400,9 @@ async def test_list_prices_sorted_in_micros_per_million_tokens(cost: CostHarness
         ("deepseek-v3.2", 140_000, 420_000, "USD"),
         ("gemini-2.5-flash", 500_000, 2_500_000, "USD"),
         ("gpt-4.1", 2_000_000, 8_000_000, "USD"),
+        ("nsfw-check", 0, 0, "USD"),
         ("profanity-check", 0, 0, "USD"),
+        ("text-heads", 0, 0, "USD"),
     ]
 
 
@@ -312,11 +440,15 @@ async def test_health_follows_the_ledger(cost: CostHarness) -> None:
     assert error_info(err).reason == "LEDGER_UNAVAILABLE"
 
 
-async def test_reflection_lists_the_cost_service(cost: CostHarness) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(cost.channel)
-    call = stub.ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
-    )
+@pytest.mark.parametrize("version", ["v1alpha", "v1"])
+async def test_reflection_lists_the_cost_service(cost: CostHarness, version: str) -> None:
+    """Reflection answers under its current name (v1) and the older one (v1alpha): the
+    messages are the same on the wire."""
+    call = cost.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     names = set()
     async for resp in call:
         names |= {s.name for s in resp.list_services_response.service}
@@ -329,7 +461,7 @@ async def test_record_usage_annotates_the_server_span(settings: CostSettings) ->
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrumentor = GrpcAioInstrumentorServer()
+    instrumentor = GrpcAioInstrumentorServer(filter_=telemetry.traced())
     instrumentor.instrument(tracer_provider=provider)
     try:
         server, port, monitor, close = await create(settings)
@@ -341,17 +473,28 @@ async def test_record_usage_annotates_the_server_span(settings: CostSettings) ->
             stub = cost_pb2_grpc.CostServiceStub(channel)
             await stub.RecordUsage(usage_request(), timeout=5)
             await stub.RecordUsage(usage_request(), timeout=5)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.RecordUsage(usage_request("r2", model="gpt-9"), timeout=5)
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     finally:
         await server.stop(None)
         await monitor.stop()
         await close()
         provider.shutdown()
-    spans = [s for s in exporter.get_finished_spans() if s.name.endswith("/RecordUsage")]
-    assert len(spans) == 2
+    finished = exporter.get_finished_spans()
+    assert not [s for s in finished if "Health" in s.name]  # health checks are not traced
+    spans = [s for s in finished if s.name.endswith("/RecordUsage")]
+    assert len(spans) == 3
+    failed = spans.pop()  # a failed call is an error, with its status and reason
+    assert failed.status.status_code.name == "ERROR"
+    assert failed.status.description == "NOT_FOUND: MODEL_NOT_FOUND"
+    assert (failed.attributes or {})["error.type"] == "MODEL_NOT_FOUND"
+    # tokens belong on the model call's span only: none here under the GenAI names
+    assert not any(k.startswith("gen_ai.usage") for s in spans for k in (s.attributes or {}))
     expected = {
-        "gen_ai.request.model": "gpt-4.1",
-        "gen_ai.usage.input_tokens": 1000,
-        "gen_ai.usage.output_tokens": 500,
+        "quorum.model": "gpt-4.1",
+        "quorum.usage.input_tokens": 1000,
+        "quorum.usage.output_tokens": 500,
         "quorum.cost.micros": 6000,
         "quorum.cost.currency": "USD",
     }
@@ -359,6 +502,61 @@ async def test_record_usage_annotates_the_server_span(settings: CostSettings) ->
         attrs = dict(span.attributes or {})
         assert {k: attrs.get(k) for k in expected} == expected
         assert attrs["quorum.usage.duplicate"] is duplicate
+
+
+# --- replicas: two services on one PostgreSQL ledger --------------------------------------------
+
+
+async def test_two_services_sharing_one_postgres_ledger_count_each_id_once(
+    postgres_server: TempPostgres, tmp_path: Path
+) -> None:
+    """Two cost services (each with its own connection pool, as two replicas) over one
+    PostgreSQL ledger; every request id is recorded four times at once, twice through each:
+    each id is counted once, every answer carries the first record's cost, and both
+    services report the same summary."""
+    url = fresh_schema_url(postgres_server)
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for _ in range(2):
+            server, port, _monitor, close = await create(make_settings(tmp_path, url))
+            stack.push_async_callback(close)
+            stack.push_async_callback(server.stop, None)
+            await server.start()
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            stack.push_async_callback(channel.close)
+            stubs.append(cost_pb2_grpc.CostServiceStub(channel))
+        n = 150
+        models = ("gpt-4.1", "deepseek-v3.2")
+
+        def call(i: int) -> cost_pb2.RecordUsageRequest:
+            return usage_request(f"req-{i}", models[i % 2], 100 + i, 10 + i, at=T0 + i)
+
+        order = [(k % 2, i) for k in range(4) for i in range(n)]
+        results = await asyncio.gather(
+            *(stubs[via].RecordUsage(call(i), timeout=20) for via, i in order)
+        )
+        assert sum(not r.duplicate for r in results) == n
+        per_id: dict[int, set[int]] = {}
+        for (_, i), r in zip(order, results, strict=True):
+            per_id.setdefault(i, set()).add(r.cost.micros)
+        assert all(len(costs) == 1 for costs in per_id.values())
+
+        summaries = [
+            await stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+            for stub in stubs
+        ]
+        assert summaries[0] == summaries[1]
+        s = summaries[0]
+        assert s.requests == n
+        assert s.usage == common_pb2.Usage(
+            input_tokens=sum(100 + i for i in range(n)), output_tokens=sum(10 + i for i in range(n))
+        )
+        assert [(m.model, m.requests) for m in s.models] == [
+            ("deepseek-v3.2", n // 2),
+            ("gpt-4.1", n // 2),
+        ]
+        total = sum(next(iter(costs)) for costs in per_id.values())
+        assert list(s.totals) == [common_pb2.Money(micros=total, currency="USD")]
 
 
 # --- the real process, probed with the real grpcurl ----------------------------------------------
@@ -389,7 +587,7 @@ def test_subprocess_serves_grpcurl_and_drains_on_sigterm(
 
     described = grpcurl(grpcurl_path, svc.address, "describe", "quorum.cost.v1.CostService")
     assert "service CostService {" in described
-    for rpc in ("RecordUsage", "GetUsageSummary", "ListPrices"):
+    for rpc in ("RecordUsage", "GetUsageSummary", "ListPrices", "EstimateCost", "RecordUsageBatch"):
         assert f"rpc {rpc}" in described
 
     body = json.dumps(
@@ -438,3 +636,31 @@ def test_subprocess_exits_on_a_config_error_with_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("quorum-cost: configuration error:")
     assert message in lines[0]
+
+
+def test_subprocess_on_postgres_logs_the_url_with_the_password_masked(
+    service_process: Callable[..., ServiceProcess],
+    grpcurl_path: Path,
+    postgres_server: TempPostgres,
+    tmp_path: Path,
+) -> None:
+    secret = "s3cret-Pa55"  # the test server trusts loopback: accepted and ignored
+    url = fresh_schema_url(postgres_server).replace("quorum@", f"quorum:{secret}@")
+    svc = service_process(
+        "services.cost", "--address", "127.0.0.1:0", "--set", f"cost.database={url}",
+        env={"QUORUM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    body = json.dumps(
+        {"requestId": "pg-1", "model": "gpt-4.1", "usage": {"inputTokens": 1, "outputTokens": 1}}
+    )
+    out = json.loads(
+        grpcurl(grpcurl_path, "-d", body, svc.address, "quorum.cost.v1.CostService/RecordUsage")
+    )
+    assert out == {"cost": {"micros": "10", "currency": "USD"}}
+    assert svc.stop() == 0, svc.logs()
+    logs = svc.logs()
+    assert secret not in logs
+    opened = [json.loads(line) for line in logs.splitlines() if "ledger open" in line]
+    assert len(opened) == 1
+    assert "postgresql://quorum:***@127.0.0.1:" in opened[0]["msg"]
+    assert not (tmp_path / "ledger.sqlite3").exists()

@@ -23,33 +23,83 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from quorum.common.v1 import common_pb2 as quorum_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quorum/cost/v1/cost.proto\x12\x0equorum.cost.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dquorum/common/v1/common.proto\"\xa0\x01\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x13RecordUsageResponse\x12%\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x85\x01\n\x16GetUsageSummaryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\"|\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12%\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x17.quorum.common.v1.Money\"\xa8\x01\n\x17GetUsageSummaryResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.quorum.cost.v1.ModelUsage\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\'\n\x06totals\x18\x04 \x03(\x0b\x32\x17.quorum.common.v1.Money\"\x13\n\x11ListPricesRequest\"g\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1d\n\x15input_micros_per_mtok\x18\x02 \x01(\x03\x12\x1e\n\x16output_micros_per_mtok\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\";\n\x12ListPricesResponse\x12%\n\x06prices\x18\x01 \x03(\x0b\x32\x15.quorum.cost.v1.Price2\x9e\x02\n\x0b\x43ostService\x12V\n\x0bRecordUsage\x12\".quorum.cost.v1.RecordUsageRequest\x1a#.quorum.cost.v1.RecordUsageResponse\x12\x62\n\x0fGetUsageSummary\x12&.quorum.cost.v1.GetUsageSummaryRequest\x1a\'.quorum.cost.v1.GetUsageSummaryResponse\x12S\n\nListPrices\x12!.quorum.cost.v1.ListPricesRequest\x1a\".quorum.cost.v1.ListPricesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quorum/cost/v1/cost.proto\x12\x0equorum.cost.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1dquorum/common/v1/common.proto\"\xdb\x01\n\x12RecordUsageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\testimated\x18\x06 \x01(\x08\x12\x0e\n\x06tenant\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\"O\n\x13RecordUsageResponse\x12%\n\x04\x63ost\x18\x01 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\x95\x01\n\x16GetUsageSummaryRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\x98\x01\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12%\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x1a\n\x12\x65stimated_requests\x18\x05 \x01(\x03\"\xc4\x01\n\x17GetUsageSummaryResponse\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.quorum.cost.v1.ModelUsage\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\'\n\x06totals\x18\x04 \x03(\x0b\x32\x17.quorum.common.v1.Money\x12\x1a\n\x12\x65stimated_requests\x18\x05 \x01(\x03\";\n\x11ListPricesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0finclude_history\x18\x02 \x01(\x08\"\xf1\x01\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1d\n\x15input_micros_per_mtok\x18\x02 \x01(\x03\x12\x1e\n\x16output_micros_per_mtok\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12$\n\x1c\x63\x61\x63hed_input_micros_per_mtok\x18\x05 \x01(\x03\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x62illing_currency\x18\x07 \x01(\t\x12\x14\n\x0c\x62illing_rate\x18\x08 \x01(\t\";\n\x12ListPricesResponse\x12%\n\x06prices\x18\x01 \x03(\x0b\x32\x15.quorum.cost.v1.Price\"\x90\x01\n\x06\x42udget\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x05limit\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\x18\n\x10\x61lert_thresholds\x18\x05 \x03(\x01\x12\x12\n\nalert_only\x18\x06 \x01(\x08\"1\n\x0b\x42udgetAlert\x12\x11\n\tthreshold\x18\x01 \x01(\x01\x12\x0f\n\x07reached\x18\x02 \x01(\x08\"\x92\x04\n\x0c\x42udgetStatus\x12&\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x16.quorum.cost.v1.Budget\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05spent\x18\x04 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12)\n\x08reserved\x18\x05 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12*\n\tremaining\x18\x06 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12+\n\ndaily_rate\x18\x07 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x16\n\tdays_left\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12*\n\tprojected\x18\t \x01(\x0b\x32\x17.quorum.common.v1.Money\x12+\n\x06\x61lerts\x18\n \x03(\x0b\x32\x1b.quorum.cost.v1.BudgetAlert\x12\x10\n\x08\x65xceeded\x18\x0b \x01(\x08\x12\x0c\n\x04used\x18\x0c \x01(\x01\x12-\n\x0c\x64\x61ily_budget\x18\r \x01(\x0b\x32\x17.quorum.common.v1.MoneyB\x0c\n\n_days_left\"\x9c\x01\n\x0eReserveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x03\x12\x19\n\x11max_output_tokens\x18\x05 \x01(\x03\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x82\x01\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\'\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\":\n\x10SetBudgetRequest\x12&\n\x06\x62udget\x18\x01 \x01(\x0b\x32\x16.quorum.cost.v1.Budget\"A\n\x11SetBudgetResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.quorum.cost.v1.BudgetStatus\"4\n\x13\x44\x65leteBudgetRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteBudgetResponse\"(\n\x16GetBudgetStatusRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"H\n\x17GetBudgetStatusResponse\x12-\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1c.quorum.cost.v1.BudgetStatus\"$\n\x12WatchBudgetRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"W\n\x13WatchBudgetResponse\x12,\n\x06status\x18\x01 \x01(\x0b\x32\x1c.quorum.cost.v1.BudgetStatus\x12\x12\n\nnew_alerts\x18\x02 \x03(\x01\"\xd9\x01\n\x15GetUsageReportRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x30\n\x08group_by\x18\x05 \x01(\x0e\x32\x1e.quorum.cost.v1.ReportGrouping\x12\x11\n\ttime_zone\x18\x06 \x01(\t\"\x95\x01\n\tReportRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12%\n\x04\x63ost\x18\x04 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x1a\n\x12\x65stimated_requests\x18\x05 \x01(\x03\"\x85\x02\n\x16GetUsageReportResponse\x12\x30\n\x08group_by\x18\x01 \x01(\x0e\x32\x1e.quorum.cost.v1.ReportGrouping\x12\x11\n\ttime_zone\x18\x02 \x01(\t\x12\'\n\x04rows\x18\x03 \x03(\x0b\x32\x19.quorum.cost.v1.ReportRow\x12\'\n\x06totals\x18\x04 \x03(\x0b\x32\x17.quorum.common.v1.Money\x12\x10\n\x08requests\x18\x05 \x01(\x03\x12&\n\x05usage\x18\x06 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x1a\n\x12\x65stimated_requests\x18\x07 \x01(\x03\"^\n\x13\x45stimateCostRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\"\x98\x03\n\x14\x45stimateCostResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x05price\x18\x02 \x01(\x0b\x32\x15.quorum.cost.v1.Price\x12%\n\x04\x63ost\x18\x03 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12*\n\tlist_cost\x18\x04 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x14\n\x0c\x62illing_rate\x18\x05 \x01(\t\x12.\n\rofficial_cost\x18\x06 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\'\n\x06saving\x18\x07 \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x15\n\rofficial_rate\x18\x08 \x01(\t\x12*\n\tconverted\x18\t \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x17\n\x0f\x63onversion_rate\x18\n \x01(\t\x12-\n\tpriced_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x17RecordUsageBatchRequest\x12\x33\n\x07records\x18\x01 \x03(\x0b\x32\".quorum.cost.v1.RecordUsageRequest\"N\n\x18RecordUsageBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.quorum.cost.v1.RecordUsageResult\"{\n\x11RecordUsageResult\x12\x37\n\x08recorded\x18\x01 \x01(\x0b\x32#.quorum.cost.v1.RecordUsageResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result*\x9c\x01\n\x0eReportGrouping\x12\x1f\n\x1bREPORT_GROUPING_UNSPECIFIED\x10\x00\x12\x19\n\x15REPORT_GROUPING_MODEL\x10\x01\x12\x1a\n\x16REPORT_GROUPING_TENANT\x10\x02\x12\x17\n\x13REPORT_GROUPING_DAY\x10\x03\x12\x19\n\x15REPORT_GROUPING_MONTH\x10\x04\x32\x97\t\n\x0b\x43ostService\x12V\n\x0bRecordUsage\x12\".quorum.cost.v1.RecordUsageRequest\x1a#.quorum.cost.v1.RecordUsageResponse\x12\x62\n\x0fGetUsageSummary\x12&.quorum.cost.v1.GetUsageSummaryRequest\x1a\'.quorum.cost.v1.GetUsageSummaryResponse\x12_\n\x0eGetUsageReport\x12%.quorum.cost.v1.GetUsageReportRequest\x1a&.quorum.cost.v1.GetUsageReportResponse\x12S\n\nListPrices\x12!.quorum.cost.v1.ListPricesRequest\x1a\".quorum.cost.v1.ListPricesResponse\x12Y\n\x0c\x45stimateCost\x12#.quorum.cost.v1.EstimateCostRequest\x1a$.quorum.cost.v1.EstimateCostResponse\x12J\n\x07Reserve\x12\x1e.quorum.cost.v1.ReserveRequest\x1a\x1f.quorum.cost.v1.ReserveResponse\x12Q\n\x06\x43ommit\x12\".quorum.cost.v1.RecordUsageRequest\x1a#.quorum.cost.v1.RecordUsageResponse\x12J\n\x07Release\x12\x1e.quorum.cost.v1.ReleaseRequest\x1a\x1f.quorum.cost.v1.ReleaseResponse\x12P\n\tSetBudget\x12 .quorum.cost.v1.SetBudgetRequest\x1a!.quorum.cost.v1.SetBudgetResponse\x12Y\n\x0c\x44\x65leteBudget\x12#.quorum.cost.v1.DeleteBudgetRequest\x1a$.quorum.cost.v1.DeleteBudgetResponse\x12\x62\n\x0fGetBudgetStatus\x12&.quorum.cost.v1.GetBudgetStatusRequest\x1a\'.quorum.cost.v1.GetBudgetStatusResponse\x12X\n\x0bWatchBudget\x12\".quorum.cost.v1.WatchBudgetRequest\x1a#.quorum.cost.v1.WatchBudgetResponse0\x01\x12\x65\n\x10RecordUsageBatch\x12\'.quorum.cost.v1.RecordUsageBatchRequest\x1a(.quorum.cost.v1.RecordUsageBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quorum.cost.v1.cost_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=110
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=270
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=272
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=351
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=354
-  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=487
-  _globals['_MODELUSAGE']._serialized_start=489
-  _globals['_MODELUSAGE']._serialized_end=613
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=616
-  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=784
-  _globals['_LISTPRICESREQUEST']._serialized_start=786
-  _globals['_LISTPRICESREQUEST']._serialized_end=805
-  _globals['_PRICE']._serialized_start=807
-  _globals['_PRICE']._serialized_end=910
-  _globals['_LISTPRICESRESPONSE']._serialized_start=912
-  _globals['_LISTPRICESRESPONSE']._serialized_end=971
-  _globals['_COSTSERVICE']._serialized_start=974
-  _globals['_COSTSERVICE']._serialized_end=1260
+  _globals['_REPORTGROUPING']._serialized_start=4302
+  _globals['_REPORTGROUPING']._serialized_end=4458
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=167
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=386
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=388
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=467
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_start=470
+  _globals['_GETUSAGESUMMARYREQUEST']._serialized_end=619
+  _globals['_MODELUSAGE']._serialized_start=622
+  _globals['_MODELUSAGE']._serialized_end=774
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_start=777
+  _globals['_GETUSAGESUMMARYRESPONSE']._serialized_end=973
+  _globals['_LISTPRICESREQUEST']._serialized_start=975
+  _globals['_LISTPRICESREQUEST']._serialized_end=1034
+  _globals['_PRICE']._serialized_start=1037
+  _globals['_PRICE']._serialized_end=1278
+  _globals['_LISTPRICESRESPONSE']._serialized_start=1280
+  _globals['_LISTPRICESRESPONSE']._serialized_end=1339
+  _globals['_BUDGET']._serialized_start=1342
+  _globals['_BUDGET']._serialized_end=1486
+  _globals['_BUDGETALERT']._serialized_start=1488
+  _globals['_BUDGETALERT']._serialized_end=1537
+  _globals['_BUDGETSTATUS']._serialized_start=1540
+  _globals['_BUDGETSTATUS']._serialized_end=2070
+  _globals['_RESERVEREQUEST']._serialized_start=2073
+  _globals['_RESERVEREQUEST']._serialized_end=2229
+  _globals['_RESERVERESPONSE']._serialized_start=2232
+  _globals['_RESERVERESPONSE']._serialized_end=2362
+  _globals['_RELEASEREQUEST']._serialized_start=2364
+  _globals['_RELEASEREQUEST']._serialized_end=2404
+  _globals['_RELEASERESPONSE']._serialized_start=2406
+  _globals['_RELEASERESPONSE']._serialized_end=2423
+  _globals['_SETBUDGETREQUEST']._serialized_start=2425
+  _globals['_SETBUDGETREQUEST']._serialized_end=2483
+  _globals['_SETBUDGETRESPONSE']._serialized_start=2485
+  _globals['_SETBUDGETRESPONSE']._serialized_end=2550
+  _globals['_DELETEBUDGETREQUEST']._serialized_start=2552
+  _globals['_DELETEBUDGETREQUEST']._serialized_end=2604
+  _globals['_DELETEBUDGETRESPONSE']._serialized_start=2606
+  _globals['_DELETEBUDGETRESPONSE']._serialized_end=2628
+  _globals['_GETBUDGETSTATUSREQUEST']._serialized_start=2630
+  _globals['_GETBUDGETSTATUSREQUEST']._serialized_end=2670
+  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_start=2672
+  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_end=2744
+  _globals['_WATCHBUDGETREQUEST']._serialized_start=2746
+  _globals['_WATCHBUDGETREQUEST']._serialized_end=2782
+  _globals['_WATCHBUDGETRESPONSE']._serialized_start=2784
+  _globals['_WATCHBUDGETRESPONSE']._serialized_end=2871
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_start=2874
+  _globals['_GETUSAGEREPORTREQUEST']._serialized_end=3091
+  _globals['_REPORTROW']._serialized_start=3094
+  _globals['_REPORTROW']._serialized_end=3243
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_start=3246
+  _globals['_GETUSAGEREPORTRESPONSE']._serialized_end=3507
+  _globals['_ESTIMATECOSTREQUEST']._serialized_start=3509
+  _globals['_ESTIMATECOSTREQUEST']._serialized_end=3603
+  _globals['_ESTIMATECOSTRESPONSE']._serialized_start=3606
+  _globals['_ESTIMATECOSTRESPONSE']._serialized_end=4014
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_start=4016
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_end=4094
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_start=4096
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_end=4174
+  _globals['_RECORDUSAGERESULT']._serialized_start=4176
+  _globals['_RECORDUSAGERESULT']._serialized_end=4299
+  _globals['_COSTSERVICE']._serialized_start=4461
+  _globals['_COSTSERVICE']._serialized_end=5636
 # @@protoc_insertion_point(module_scope)

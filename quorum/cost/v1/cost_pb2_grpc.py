@@ -46,10 +46,60 @@ class CostServiceStub:
                 request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageSummaryRequest.SerializeToString,
                 response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetUsageReport = channel.unary_unary(
+                '/quorum.cost.v1.CostService/GetUsageReport',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportResponse.FromString,
+                _registered_method=True)
         self.ListPrices = channel.unary_unary(
                 '/quorum.cost.v1.CostService/ListPrices',
                 request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesRequest.SerializeToString,
                 response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesResponse.FromString,
+                _registered_method=True)
+        self.EstimateCost = channel.unary_unary(
+                '/quorum.cost.v1.CostService/EstimateCost',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostResponse.FromString,
+                _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/quorum.cost.v1.CostService/Reserve',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/quorum.cost.v1.CostService/Commit',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/quorum.cost.v1.CostService/Release',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.SetBudget = channel.unary_unary(
+                '/quorum.cost.v1.CostService/SetBudget',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetResponse.FromString,
+                _registered_method=True)
+        self.DeleteBudget = channel.unary_unary(
+                '/quorum.cost.v1.CostService/DeleteBudget',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetResponse.FromString,
+                _registered_method=True)
+        self.GetBudgetStatus = channel.unary_unary(
+                '/quorum.cost.v1.CostService/GetBudgetStatus',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusResponse.FromString,
+                _registered_method=True)
+        self.WatchBudget = channel.unary_stream(
+                '/quorum.cost.v1.CostService/WatchBudget',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetResponse.FromString,
+                _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/quorum.cost.v1.CostService/RecordUsageBatch',
+                request_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -72,8 +122,94 @@ class CostServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageReport(self, request, context):
+        """Usage and cost grouped by model, tenant, local day or local month, over a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPrices(self, request, context):
-        """The price table.
+        """The price table: the price in effect now of every model (or of one), or every price with
+        its date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EstimateCost(self, request, context):
+        """What a call would cost at the price in effect now, in the model's billing currency, and
+        converted into another currency at the official exchange rate when asked. Records nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reserve(self, request, context):
+        """Sets aside the most a call may cost (input tokens counted, output = max_output_tokens)
+        against every budget the call counts against, all or none. A hard budget that cannot
+        hold it answers RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED, with the budget in the
+        ErrorInfo metadata. A reservation never committed or released expires (ttl), so a
+        caller that crashed blocks nobody. Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """RecordUsage for the call a reservation was made for: records the usage and closes the
+        reservation in one transaction (reservation_id is required here). An expired reservation
+        still commits: the call was made. Committing again with the same record answers
+        duplicate = true; a reservation committed by another record, or released, is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Gives back what a reservation held: its call was not made, or not billed. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBudget(self, request, context):
+        """Creates or replaces the monthly budget of a tenant (or of one model of a tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteBudget(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBudgetStatus(self, request, context):
+        """Where budgets stand this month: spent, reserved, remaining, daily rate, days left,
+        month-end projection, alerts reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBudget(self, request, context):
+        """The status of a tenant's budgets now, then again whenever one changes; new_alerts says
+        which thresholds a change reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordUsageBatch(self, request, context):
+        """Records many calls' usage in one call (at most 1000): each record is handled exactly as
+        RecordUsage (or Commit, when it names a reservation) would handle it alone, and gets a
+        result of its own, in order: one bad record fails only itself. The call as a whole
+        fails only when it cannot be read (INVALID_ARGUMENT: too many records) or runs out of
+        time (DEADLINE_EXCEEDED: then any of its records may or may not have been recorded, and
+        sending them again is safe).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,10 +228,60 @@ def add_CostServiceServicer_to_server(servicer, server):
                     request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageSummaryRequest.FromString,
                     response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageSummaryResponse.SerializeToString,
             ),
+            'GetUsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageReport,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportResponse.SerializeToString,
+            ),
             'ListPrices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPrices,
                     request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesRequest.FromString,
                     response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesResponse.SerializeToString,
+            ),
+            'EstimateCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateCost,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostResponse.SerializeToString,
+            ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'SetBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBudget,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetResponse.SerializeToString,
+            ),
+            'DeleteBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteBudget,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetResponse.SerializeToString,
+            ),
+            'GetBudgetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBudgetStatus,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusResponse.SerializeToString,
+            ),
+            'WatchBudget': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBudget,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetResponse.SerializeToString,
+            ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -164,6 +350,33 @@ class CostService:
             _registered_method=True)
 
     @staticmethod
+    def GetUsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/GetUsageReport',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.GetUsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListPrices(request,
             target,
             options=(),
@@ -180,6 +393,249 @@ class CostService:
             '/quorum.cost.v1.CostService/ListPrices',
             quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesRequest.SerializeToString,
             quorum_dot_cost_dot_v1_dot_cost__pb2.ListPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/EstimateCost',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.EstimateCostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/Reserve',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/Commit',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/Release',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/SetBudget',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.SetBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/DeleteBudget',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.DeleteBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBudgetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/GetBudgetStatus',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.GetBudgetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/WatchBudget',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.WatchBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.cost.v1.CostService/RecordUsageBatch',
+            quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchRequest.SerializeToString,
+            quorum_dot_cost_dot_v1_dot_cost__pb2.RecordUsageBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

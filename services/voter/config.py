@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from quorum import config
-from quorum.registry import ConfigError, Registry, load_registry
+from quorum.auth import AuthSettings
+from quorum.registry import CATEGORIES, ConfigError, Registry, load_registry
+from quorum.tls import TlsSettings
+from quorum.usage import MeterSettings
+from services.voter.voting import NO_QUORUM_ACTIONS, Policy
 
 
 @dataclass(frozen=True)
@@ -21,11 +25,13 @@ class VoterSettings:
     max_timeout_s: float
     max_text_chars: int
     model_timeout_s: float
-    min_votes: int
-    category_threshold: float
-    review_confidence: float
-    spool_path: Path
+    policy: Policy
+    early_decision: bool
+    journal_path: Path
+    meter: MeterSettings
     registry: Registry
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @classmethod
     def from_config(
@@ -44,16 +50,63 @@ class VoterSettings:
             max_timeout_s=config.get_float(v, "max_timeout_s", w, minimum=0.01),
             max_text_chars=config.get_int(v, "max_text_chars", w, minimum=1),
             model_timeout_s=config.get_float(v, "model_timeout_s", w, minimum=0.01),
-            min_votes=config.get_int(v, "min_votes", w, minimum=1),
-            category_threshold=config.get_float(v, "category_threshold", w),
-            review_confidence=config.get_float(v, "review_confidence", w),
-            spool_path=config.data_dir(env) / "voter-usage-spool.jsonl",
+            policy=policy_from(v),
+            early_decision=config.get_bool(v, "early_decision", w),
+            journal_path=config.data_dir(env) / "voter-usage.journal",
+            meter=MeterSettings.from_config(data),
             registry=registry,
+            auth=AuthSettings.from_config(data, env, calls_services=True),
+            tls=TlsSettings.from_config(data, env),
         )
         if not settings.registry.judges():
             raise ConfigError(
                 "no usable moderation model is configured (see [models.*].moderation)"
             )
-        if settings.category_threshold > 1 or settings.review_confidence > 1:
-            raise ConfigError("voter thresholds must be within [0, 1]")
         return settings
+
+
+def _share(table: Mapping[str, Any], key: str, where: str) -> float:
+    value = config.get_float(table, key, where)
+    if value > 1:
+        raise ConfigError(f"{where}.{key}: a number within [0, 1] is required")
+    return value
+
+
+def policy_from(v: Mapping[str, Any]) -> Policy:
+    """The voting policy from the ``[voter]`` table (one home for every knob)."""
+    w = "voter"
+    raw = v.get("thresholds", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError("voter.thresholds: a table of category = number is required")
+    unknown = sorted(set(raw) - set(CATEGORIES))
+    if unknown:
+        raise ConfigError(
+            f"voter.thresholds: unknown categories {unknown}; known: {', '.join(CATEGORIES)}"
+        )
+    on_no_quorum = str(v.get("on_no_quorum", "error"))
+    if on_no_quorum not in NO_QUORUM_ACTIONS:
+        raise ConfigError(f"voter.on_no_quorum: one of {', '.join(NO_QUORUM_ACTIONS)}")
+    raw_weights = v.get("weights", {})
+    if not isinstance(raw_weights, Mapping) or not all(
+        isinstance(t, Mapping) for t in raw_weights.values()
+    ):
+        raise ConfigError("voter.weights: tables of category = {judge = weight} are required")
+    unknown = sorted(set(raw_weights) - set(CATEGORIES))
+    if unknown:
+        raise ConfigError(f"voter.weights: unknown categories {unknown}")
+    category_weights = {
+        c: {j: config.get_float(t, j, f"{w}.weights.{c}") for j in t}
+        for c, t in raw_weights.items()
+    }
+    return Policy(
+        category_weights=category_weights,
+        min_votes=config.get_int(v, "min_votes", w, minimum=1),
+        vote_threshold=_share(v, "vote_threshold", w),
+        category_threshold=_share(v, "category_threshold", w),
+        thresholds={c: _share(raw, c, f"{w}.thresholds") for c in raw},
+        review_threshold=_share(v, "review_threshold", w),
+        review_confidence=_share(v, "review_confidence", w),
+        on_no_quorum=on_no_quorum,
+        cascade=config.get_bool(v, "cascade", w),
+        cascade_margin=_share(v, "cascade_margin", w),
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,10 +17,20 @@ from opentelemetry import trace
 
 from quorum.backends.types import TokenUsage
 from quorum.deadline import Deadline
-from quorum.errors import DeadlineExceeded, InvalidArgument, NotFound, QuorumError
-from quorum.usage import UsageRecord, UsageRecorder, usage_key
+from quorum.errors import DeadlineExceeded, InvalidArgument, NotFound, QuorumError, Unavailable
+from quorum.registry import ModelSpec, TritonBackend
+from quorum.usage import usage_key
 from services.voter.judges import Judge, JudgeResult
-from services.voter.voting import Decision, Policy, Status, Vote, combine
+from services.voter.voting import (
+    Decision,
+    Pending,
+    Policy,
+    Status,
+    Vote,
+    combine,
+    decided,
+    sure,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -45,6 +56,25 @@ class Outcome:
     ballots: tuple[Ballot, ...]
 
 
+def _weight(spec: ModelSpec) -> float:
+    return spec.moderation.weight if spec.moderation else 1.0
+
+
+def _pending(spec: ModelSpec) -> Pending:
+    cats = tuple(spec.moderation.categories) if spec.moderation else ()
+    return Pending(spec.name, _weight(spec), cats)
+
+
+def _skipped(spec: ModelSpec, why: str) -> Ballot:
+    return Ballot(
+        vote=Vote(spec.name, _weight(spec), Status.SKIPPED, error=why),
+        usage=TokenUsage(),
+        latency_ms=0,
+        provider=spec.provider_name,
+        simulated=spec.simulated,
+    )
+
+
 class Moderator:
     def __init__(
         self,
@@ -53,13 +83,13 @@ class Moderator:
         *,
         model_timeout_s: float,
         max_text_chars: int,
-        recorder: UsageRecorder | None = None,
+        early_decision: bool = True,
     ) -> None:
         self._judges = dict(judges)
         self._policy = policy
         self._model_timeout = model_timeout_s
         self._max_chars = max_text_chars
-        self._recorder = recorder
+        self._early = early_decision
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -93,25 +123,93 @@ class Moderator:
     ) -> Outcome:
         judges = self.validate(text, models)
         timeout = min(self._model_timeout, max(deadline.remaining() - _MARGIN_S, 0.01))
-        ballots = await asyncio.gather(*(self._ballot(j, text, timeout) for j in judges))
+        ballots = await self._cascade(judges, text, timeout, request_id)
         decision = combine([b.vote for b in ballots], self._policy)
+        if not decision.quorum and self._policy.on_no_quorum == "error":
+            voted = sum(b.vote.status is Status.OK for b in ballots)
+            raise Unavailable(
+                f"only {voted} of {len(ballots)} moderation models answered; "
+                f"{self._policy.min_votes} needed",
+                reason="NO_QUORUM",
+                metadata={"voted": str(voted), "needed": str(self._policy.min_votes)},
+            )
         span = trace.get_current_span()
         span.set_attribute("quorum.moderation.is_safe", decision.is_safe)
         span.set_attribute("quorum.moderation.requires_review", decision.requires_review)
         span.set_attribute(
             "quorum.moderation.votes", sum(b.vote.status is Status.OK for b in ballots)
         )
-        await self._record(request_id, ballots, deadline)
         return Outcome(decision, tuple(ballots))
 
-    async def _ballot(self, judge: Judge, text: str, timeout_s: float) -> Ballot:
+    async def _cascade(
+        self, judges: Sequence[Judge], text: str, timeout_s: float, request_id: str
+    ) -> list[Ballot]:
+        """With the cascade on, the local judges first; the remote ones only when the local
+        ones are not :func:`sure` (else their votes say skipped, and why)."""
+        local = [j for j in judges if isinstance(j.spec.backend, TritonBackend)]
+        remote = [j for j in judges if not isinstance(j.spec.backend, TritonBackend)]
+        if not (self._policy.cascade and local and remote):
+            return await self._vote(judges, text, timeout_s, request_id)
+        first = await self._vote(local, text, timeout_s, request_id)
+        if sure([b.vote for b in first], self._policy):
+            why = "not asked (cascade): the local judges were sure"
+            return [*first, *(_skipped(j.spec, why) for j in remote)]
+        return [*first, *await self._vote(remote, text, timeout_s, request_id)]
+
+    async def _vote(
+        self, judges: Sequence[Judge], text: str, timeout_s: float, request_id: str
+    ) -> list[Ballot]:
+        """Every judge at once; with early decision on, the remote judges still running are
+        cancelled as soon as they can no longer change the outcome (their ballots say
+        skipped). Local judges are always waited for."""
+        tasks = {
+            asyncio.create_task(self._ballot(j, text, timeout_s, request_id)): j for j in judges
+        }
+        got: dict[str, Ballot] = {}
+        waiting = set(tasks)
+        try:
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    ballot = task.result()
+                    got[ballot.vote.model] = ballot
+                # local judges answer in milliseconds and cost nothing: always heard out
+                remote = all(not isinstance(tasks[t].spec.backend, TritonBackend) for t in waiting)
+                if (
+                    waiting
+                    and remote
+                    and self._early
+                    and decided(
+                        [b.vote for b in got.values()],
+                        [_pending(tasks[t].spec) for t in waiting],
+                        self._policy,
+                    )
+                ):
+                    break
+        finally:
+            for task in waiting:
+                task.cancel()
+            if waiting:
+                await asyncio.gather(*waiting, return_exceptions=True)
+        for task in waiting:
+            spec = tasks[task].spec
+            why = "decided without it (early decision): it could not change the outcome"
+            got[spec.name] = _skipped(spec, why)
+        return [got[j.spec.name] for j in judges]
+
+    async def _ballot(self, judge: Judge, text: str, timeout_s: float, request_id: str) -> Ballot:
         spec = judge.spec
-        weight = spec.moderation.weight if spec.moderation else 1.0
+        weight = _weight(spec)
         start = time.monotonic()
         usage = TokenUsage()
         try:
             async with asyncio.timeout(timeout_s):
-                result: JudgeResult = await judge.judge(text, timeout_s=timeout_s)
+                result: JudgeResult = await judge.judge(
+                    text,
+                    timeout_s=timeout_s,
+                    # one key per call: a moderation asked for again is billed again
+                    usage_key=usage_key(request_id, "judge", spec.name, uuid.uuid4().hex[:8]),
+                )
             vote, usage = result.vote, result.usage
         except TimeoutError:
             vote = Vote(
@@ -132,23 +230,3 @@ class Moderator:
             provider=spec.provider_name,
             simulated=spec.simulated,
         )
-
-    async def _record(self, request_id: str, ballots: Sequence[Ballot], deadline: Deadline) -> None:
-        if self._recorder is None:
-            return
-        now_us = int(time.time() * 1_000_000)
-        recs = [
-            UsageRecord(
-                request_id=usage_key(request_id, "judge", b.vote.model),
-                model=b.vote.model,
-                input_tokens=b.usage.input_tokens,
-                output_tokens=b.usage.output_tokens,
-                source="voter",
-                occurred_at_us=now_us,
-            )
-            for b in ballots
-            if b.usage.input_tokens or b.usage.output_tokens
-        ]
-        if recs:
-            timeout = max(min(deadline.remaining() - _MARGIN_S, 1.0), 0.05)
-            await asyncio.gather(*(self._recorder.record(r, timeout_s=timeout) for r in recs))

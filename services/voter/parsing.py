@@ -29,6 +29,10 @@ _ALIASES = {
     "toxicity": "harassment",
     "violent": "violence",
     "scam": "spam",
+    "prompt_injection": "injection",
+    "jailbreak": "injection",
+    "selfharm": "self_harm",
+    "suicide": "self_harm",
 }
 
 

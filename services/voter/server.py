@@ -3,6 +3,7 @@ the gRPC server. Everything opened here is closed by the returned ``close``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 
@@ -10,19 +11,18 @@ import grpc
 import httpx
 from tritonclient.grpc import aio as triton_aio
 
-from quorum import channels
+from quorum import channels, tokens
+from quorum.backends.coalesce import CoalescingScorer
 from quorum.backends.openai import OpenAIChat
-from quorum.backends.triton import TritonScorer
 from quorum.cost.v1 import cost_pb2_grpc
-from quorum.registry import OpenAIBackend, TritonBackend
+from quorum.registry import TritonBackend
 from quorum.server import HealthMonitor, create_server
-from quorum.usage import UsageRecorder
+from quorum.usage import Meter
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 from services.voter.config import VoterSettings
-from services.voter.judges import Judge, LLMJudge, TritonJudge
+from services.voter.judges import LLMJudge, build_judges
 from services.voter.moderation import Moderator
 from services.voter.servicer import VoterServicer
-from services.voter.voting import Policy
 
 SERVICE_NAME = voter_pb2.DESCRIPTOR.services_by_name["VoterService"].full_name
 
@@ -30,31 +30,35 @@ SERVICE_NAME = voter_pb2.DESCRIPTOR.services_by_name["VoterService"].full_name
 async def create(
     settings: VoterSettings, *, address: str | None = None
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
+    # before anything is opened: a refused address leaves nothing to close
+    settings.auth.check_bind(address or settings.address, "[voter] address")
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=100, max_keepalive_connections=20))
     triton = triton_aio.InferenceServerClient(url=settings.triton_address)
-    cost_channel = channels.insecure_channel(settings.cost_address)
-    recorder = UsageRecorder(cost_pb2_grpc.CostServiceStub(cost_channel), settings.spool_path)
+    cost_channel = channels.connect(
+        settings.cost_address, settings.auth.service_token, settings.tls
+    )
+    meter = Meter(
+        cost_pb2_grpc.CostServiceStub(cost_channel),
+        settings.journal_path,
+        source="voter",
+        settings=settings.meter,
+    )
+    await meter.start()  # before serving: recovers what a previous process left
     chat = OpenAIChat(http, os.environ)
-    scorer = TritonScorer(triton)
+    scorer = CoalescingScorer(triton)  # concurrent texts to one model: one inference
 
-    judges: dict[str, Judge] = {}
-    triton_models: list[str] = []
-    for spec in settings.registry.judges():
-        if isinstance(spec.backend, TritonBackend):
-            judges[spec.name] = TritonJudge(spec, scorer)
-            triton_models.append(spec.backend.triton_model)
-        elif isinstance(spec.backend, OpenAIBackend):
-            judges[spec.name] = LLMJudge(spec, chat)
+    judges = build_judges(settings.registry, scorer, chat, meter)
+    triton_models = [
+        j.spec.backend.triton_model
+        for j in judges.values()
+        if isinstance(j.spec.backend, TritonBackend)
+    ]
     moderator = Moderator(
         judges,
-        Policy(
-            min_votes=settings.min_votes,
-            category_threshold=settings.category_threshold,
-            review_confidence=settings.review_confidence,
-        ),
+        settings.policy,
         model_timeout_s=settings.model_timeout_s,
         max_text_chars=settings.max_text_chars,
-        recorder=recorder,
+        early_decision=settings.early_decision,
     )
     servicer = VoterServicer(
         moderator,
@@ -65,6 +69,8 @@ async def create(
         address or settings.address,
         lambda s: voter_pb2_grpc.add_VoterServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
+        auth=settings.auth,
+        tls=settings.tls,
     )
 
     async def ready() -> bool:
@@ -75,10 +81,11 @@ async def create(
         return True
 
     monitor = HealthMonitor(health, [SERVICE_NAME], ready)
-    recorder.start()
+    if any(isinstance(j, LLMJudge) for j in judges.values()):
+        await asyncio.to_thread(tokens.warm)  # paid judges bill estimates with it
 
     async def close() -> None:
-        await recorder.stop()
+        await meter.stop()
         await http.aclose()
         await triton.close()
         await cost_channel.close()

@@ -18,6 +18,7 @@ _STATUS = {
     Status.OK: voter_pb2.VOTE_STATUS_OK,
     Status.ERROR: voter_pb2.VOTE_STATUS_ERROR,
     Status.TIMEOUT: voter_pb2.VOTE_STATUS_TIMEOUT,
+    Status.SKIPPED: voter_pb2.VOTE_STATUS_SKIPPED,
 }
 MAX_REQUEST_ID = 128
 
@@ -32,6 +33,7 @@ def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2
         requires_review=d.requires_review,
         reasons=list(d.reasons),
         latency_ms=latency_ms,
+        quorum=d.quorum,
         votes=[
             voter_pb2.ModelVote(
                 model=b.vote.model,

@@ -1,8 +1,8 @@
 """The real ``tritonserver`` binary with the project's ``triton/`` repository (no mocks).
 
 One module-scoped server serves most tests; the lifecycle, tracing and command-line tests
-start their own. Scores are compared with the pure module (alt-profanity-check), whose
-training set is public labelled tweets and Wikipedia comments.
+start their own. Scores are compared with the pure modules: alt-profanity-check (trained on
+public labelled tweets and Wikipedia comments) and the spaCy NSFW pipeline.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from tritonclient.grpc import InferInput
 from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
 
 from quorum.backends.triton import TritonScorer
 from quorum.errors import DeadlineExceeded, Unavailable
+from quorum.localmodels import nsfw
 from quorum.localmodels.profanity import score_texts
 from quorum.tritonserver import (
     SHM_DIR,
@@ -45,6 +47,13 @@ from tests.otlp_receiver import OtlpReceiver, Span
 pytestmark = pytest.mark.triton
 
 MODEL = "profanity_check"
+NSFW_MODEL = "nsfw_check"
+ALL_MODELS = (
+    NSFW_MODEL,
+    MODEL,
+    "text_heads",
+)  # every model directory in triton/, loaded by default
+EXPLICIT = "hardcore porn video of a naked couple fucking"
 OFFENSIVE = "you are a fucking idiot and everyone hates you"
 POLITE = "thank you for your help, have a lovely day"
 
@@ -140,7 +149,7 @@ async def test_model_is_ready(server: TritonServer, scorer: TritonScorer) -> Non
     assert r.status_code == 200
     assert await scorer.is_ready(MODEL, timeout_s=2)
     assert not await scorer.is_ready("no_such_model", timeout_s=2)
-    assert server.models == (MODEL,)
+    assert server.models == ALL_MODELS
     assert server.grpc_address.startswith("127.0.0.1:")
     assert server.metrics_address != server.grpc_address != server.http_address
 
@@ -205,6 +214,50 @@ async def test_missing_input_gets_a_per_request_error(client: InferenceServerCli
     assert await TritonScorer(client).score(MODEL, [POLITE], timeout_s=5)
 
 
+# -- the adult-content model ------------------------------------------------------------------
+
+
+async def test_nsfw_model_scores_a_batch_like_the_pure_module(scorer: TritonScorer) -> None:
+    assert await scorer.is_ready(NSFW_MODEL, timeout_s=2)
+    texts = [EXPLICIT, *_texts(49)]
+    got = await scorer.score(NSFW_MODEL, texts, timeout_s=10)
+    np.testing.assert_allclose(got, nsfw.score_texts(texts), rtol=0, atol=1e-6)
+    assert got[0] > 0.9  # explicit
+    assert max(got[1:]) < 0.45  # insults and everyday texts: below nsfw-check's cut-off
+
+
+async def test_nsfw_over_long_text_is_refused_alone(client: InferenceServerClient) -> None:
+    def request(text: str) -> list[InferInput]:
+        tensor = InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        return [tensor]
+
+    too_long = "a" * (nsfw.MAX_TEXT_CHARS + 1)
+    calls = [request(t) for t in (POLITE, too_long, EXPLICIT, POLITE)]
+    results = await asyncio.gather(
+        *(client.infer(NSFW_MODEL, c, client_timeout=10) for c in calls), return_exceptions=True
+    )
+    assert isinstance(results[1], InferenceServerException)
+    assert results[1].status() == "StatusCode.INVALID_ARGUMENT"
+    assert "100001 characters" in str(results[1].message())
+    ok = [r for i, r in enumerate(results) if i != 1]
+    assert all(not isinstance(r, BaseException) for r in ok), results
+    scores = [float(r.as_numpy("SCORE")[0, 0]) for r in ok]  # type: ignore[union-attr]
+    np.testing.assert_allclose(scores, nsfw.score_texts([POLITE, EXPLICIT, POLITE]), atol=1e-6)
+
+
+def test_instance_kind_is_auto_in_the_repository_and_resolved_by_the_server(
+    server: TritonServer,
+) -> None:
+    for model in ALL_MODELS:
+        text = (default_model_repository() / model / "config.pbtxt").read_text()
+        assert "kind: KIND_AUTO" in text
+        r = httpx.get(f"http://{server.http_address}/v2/models/{model}/config", timeout=5)
+        r.raise_for_status()
+        kinds = {g["kind"] for g in r.json()["instance_group"]}
+        assert kinds <= {"KIND_CPU", "KIND_GPU"}, kinds  # Triton picked a real kind
+
+
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
@@ -217,7 +270,7 @@ async def test_stopped_server_is_unavailable_fast_and_leaves_nothing() -> None:
         assert pid is not None and prefix is not None
         assert list(SHM_DIR.glob(f"{prefix}*")), "the Python backend uses shm with our prefix"
         stubs = [p for p in _pids_with(prefix) if p != pid]
-        assert len(stubs) == 1, stubs  # one model instance, one stub
+        assert len(stubs) == len(ALL_MODELS), stubs  # one instance, one stub per model
         scorer = TritonScorer(client)
         assert len(await scorer.score(MODEL, [POLITE], timeout_s=5)) == 1
         await asyncio.to_thread(srv.stop)
@@ -354,10 +407,20 @@ def _root(spans: list[Span]) -> Span:
 
 
 def _has_model_span(trace_id: str) -> Any:
-    return lambda spans: (
-        any(s["name"] == MODEL for s in _triton_spans(spans, trace_id))
-        and any(s["name"] == "InferRequest" for s in _triton_spans(spans, trace_id))
-    )
+    """Both Triton spans arrived, and everything between them: Triton exports in batches,
+    so a child can arrive before its parent; wait until the spans form one tree."""
+
+    def ready(spans: list[Span]) -> bool:
+        ours = _triton_spans(spans, trace_id)
+        ids = {s["span_id"] for s in ours}
+        roots = [s for s in ours if s["parent_span_id"] not in ids]
+        return (
+            any(s["name"] == MODEL for s in ours)
+            and any(s["name"] == "InferRequest" for s in ours)
+            and len(roots) == 1
+        )
+
+    return ready
 
 
 async def test_triton_continues_traceparent_from_grpc_metadata(
@@ -387,35 +450,41 @@ async def test_triton_continues_traceparent_from_grpc_metadata(
 async def test_scorer_span_sits_between_caller_and_triton(
     traced_server: TritonServer, receiver: OtlpReceiver
 ) -> None:
-    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    # Triton 2.51 now and then starts a trace of its own instead of continuing the gRPC
+    # traceparent (about 1 call in 3 here): three calls, and one must show the whole chain
+    calls = [(secrets.token_hex(16), secrets.token_hex(8)) for _ in range(3)]
     provider = TracerProvider(resource=Resource.create({"service.name": "quorum-test"}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=receiver.url)))
     try:
         async with InferenceServerClient(traced_server.grpc_address) as client:
             scorer = TritonScorer(client, tracer_provider=provider)
-            headers = {"traceparent": f"00-{trace_id}-{caller_span}-01", "x-request-id": "r1"}
-            await scorer.score(MODEL, [OFFENSIVE], timeout_s=10, headers=headers)
+            for trace_id, caller_span in calls:
+                headers = {"traceparent": f"00-{trace_id}-{caller_span}-01", "x-request-id": "r1"}
+                await scorer.score(MODEL, [OFFENSIVE], timeout_s=10, headers=headers)
     finally:
         provider.shutdown()
 
     def complete(spans: list[Span]) -> bool:
-        return _has_model_span(trace_id)(spans) and any(
-            s["service_name"] == "quorum-test" and s["trace_id"] == trace_id for s in spans
-        )
+        return any(_has_model_span(t)(spans) for t, _ in calls)
 
     spans = await asyncio.to_thread(receiver.wait_for_spans, complete, 15)
-    mine = [s for s in spans if s["service_name"] == "quorum-test" and s["trace_id"] == trace_id]
-    assert len(mine) == 1, spans
-    span = mine[0]
-    assert span["name"] == f"triton infer {MODEL}"
-    assert span["parent_span_id"] == caller_span
-    assert span["kind"] == 3  # CLIENT
-    assert span["attributes"] == {
-        "gen_ai.operation.name": "classify",
-        "gen_ai.provider.name": "triton",
-        "gen_ai.request.model": MODEL,
-    }
-    assert _root(_triton_spans(spans, trace_id))["parent_span_id"] == span["span_id"]
+    for trace_id, caller_span in calls:  # every scorer span, whatever Triton did
+        mine = [
+            s for s in spans if s["service_name"] == "quorum-test" and s["trace_id"] == trace_id
+        ]
+        assert len(mine) == 1, spans
+        span = mine[0]
+        assert span["name"] == f"triton infer {MODEL}"
+        assert span["parent_span_id"] == caller_span
+        assert span["kind"] == 3  # CLIENT
+        assert span["attributes"] == {
+            "gen_ai.operation.name": "classify",
+            "gen_ai.provider.name": "triton",
+            "gen_ai.request.model": MODEL,
+        }
+        if _has_model_span(trace_id)(spans):
+            assert _root(_triton_spans(spans, trace_id))["parent_span_id"] == span["span_id"]
+    assert complete(spans), "Triton continued none of the three traces"
     content_types = {ctype for path, ctype in receiver.requests() if path == "/v1/traces"}
     assert "application/x-protobuf" in content_types  # the Python SDK's exporter
     assert receiver.errors() == []
@@ -487,7 +556,7 @@ def _shm_prefix_of(pid: int) -> str:
 def test_cli_runs_until_sigint(tmp_path: Path) -> None:
     proc, info = _start_cli(tmp_path)
     try:
-        assert info["models"] == MODEL
+        assert info["models"] == ",".join(ALL_MODELS)
         r = httpx.get(f"http://{info['http']}/v2/models/{MODEL}/ready", timeout=5)
         assert r.status_code == 200
         pid = int(info["pid"])

@@ -2,6 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from quorum.registry import CATEGORIES
 from services.voter.parsing import MAX_VERDICT_CHARS, Verdict, VerdictParseError, parse_verdict
 
 
@@ -73,7 +74,7 @@ def test_any_text_gives_a_verdict_or_a_parse_error(text):
     st.booleans(),
     st.floats(min_value=0, max_value=1),
     st.dictionaries(
-        st.sampled_from(["violence", "adult", "hate", "spam", "harassment"]),
+        st.sampled_from(CATEGORIES),
         st.floats(min_value=0, max_value=1),
     ),
     st.sampled_from(["{}", "```json\n{}\n```", "Sure: {} done", "```\n{}```"]),

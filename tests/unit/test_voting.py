@@ -22,7 +22,7 @@ def test_failed_models_abstain_and_never_count_as_safe():
         Vote("b", 1.0, Status.TIMEOUT, error="slow"),
     ]
     d = combine(votes, Policy(min_votes=1))
-    assert not d.is_safe
+    assert not d.is_safe and not d.quorum
     assert d.requires_review
     assert "only 0 of 2 models voted" in d.reasons[0]
 
@@ -38,6 +38,22 @@ def test_weighted_majority_decides():
     assert d.requires_review  # disagreement
     d = combine([ok("a", False, weight=1.0), ok("b", True, weight=3.0)], Policy())
     assert d.is_safe
+
+
+def test_the_brief_needs_sixty_percent_of_the_weight_to_say_safe():
+    four = [ok("a", True), ok("b", True), ok("c", False), ok("d", False)]
+    assert not combine(four, Policy(vote_threshold=0.6)).is_safe  # 50% safe
+    five = [*four, ok("e", True)]
+    assert combine(five, Policy(vote_threshold=0.6)).is_safe  # 60% safe
+    assert not combine(five, Policy(vote_threshold=0.7)).is_safe
+
+
+def test_a_category_over_the_review_threshold_requires_review():
+    d = combine([ok("a", True, spam=0.65)], Policy(thresholds={"spam": 0.7}))
+    assert d.is_safe and d.requires_review
+    assert "over the review threshold: spam" in d.reasons
+    d = combine([ok("a", True, spam=0.65)], Policy(thresholds={"spam": 0.7}, review_threshold=0.7))
+    assert not d.requires_review
 
 
 def test_category_threshold_flags_even_when_votes_say_safe():
@@ -82,12 +98,13 @@ votes = st.lists(
 def test_properties(vs, min_votes):
     d = combine(vs, Policy(min_votes=min_votes))
     ok_votes = [v for v in vs if v.status is Status.OK]
+    assert d.quorum == (len(ok_votes) >= min_votes)
     if len(ok_votes) < min_votes:
         assert not d.is_safe and d.requires_review
     if d.is_safe:
-        # safe needs at least one real vote, and a majority of the weight saying safe
+        # safe needs at least one real vote, and 60% of the weight saying safe
         assert ok_votes
         safe_w = sum(v.weight for v in ok_votes if v.is_safe)
-        assert safe_w > sum(v.weight for v in ok_votes) / 2
+        assert safe_w >= 0.6 * sum(v.weight for v in ok_votes) - 1e-9
     assert 0.0 <= d.confidence <= 1.0 + 1e-9
     assert all(0.0 <= s <= 1.0 + 1e-9 for s in d.categories.values())

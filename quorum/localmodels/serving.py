@@ -1,0 +1,99 @@
+"""The ``execute`` loop every Triton text-scoring model shares (``triton/*/1/model.py``).
+
+Input ``TEXT`` (BYTES, [batch, 1], UTF-8) -> output ``SCORE`` (FP32, [batch, 1]), or one
+output per category for a model that has several (``outputs``). The texts
+of all requests in a dynamic batch are scored in one call, then split back: one response per
+request, in request order. A request that cannot be read, or that holds a text over the
+model's limit, gets its own ``INVALID_ARG`` error response; the others still get their
+scores. A failure of the model fails the batch (each request gets ``INTERNAL``), never the
+server.
+
+Triton's ``triton_python_backend_utils`` only exists inside the backend's stub, so the
+adapter passes it in; nothing here imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from quorum.errors import InvalidArgument
+from quorum.localmodels.texts import check_texts, decode_texts
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "execute_scoring", "output_dtype"]
+
+INPUT_NAME = "TEXT"
+OUTPUT_NAME = "SCORE"
+
+Scorer = Callable[[Sequence[str]], npt.NDArray[np.float32]]
+
+
+def output_dtype(pb_utils: Any, model_config: dict[str, Any]) -> Any:
+    """The numpy dtype of the ``SCORE`` output named in the model's config."""
+    out_cfg = pb_utils.get_output_config_by_name(model_config, OUTPUT_NAME)
+    if out_cfg is None:
+        raise pb_utils.TritonModelException(f"config has no {OUTPUT_NAME} output")
+    return pb_utils.triton_string_to_numpy(out_cfg["data_type"])
+
+
+def execute_scoring(
+    pb_utils: Any,
+    requests: Sequence[Any],
+    score: Scorer,
+    dtype: Any,
+    *,
+    what: str,
+    max_chars: int | None = None,
+    outputs: Mapping[str, int] | None = None,
+) -> list[Any]:
+    """One response per request. A request with a text longer than ``max_chars`` is refused
+    alone; ``what`` names the model in the batch-failure message.
+
+    ``outputs`` (output name -> column) is for a model with several outputs: ``score`` then
+    returns one row per text and one column per output, and each response carries the
+    outputs its request asked for (all of them when it named none). Without it, ``score``
+    returns one score per text, sent as ``SCORE``."""
+    responses: list[Any] = [None] * len(requests)
+    texts: list[str] = []
+    spans: list[tuple[int, int, int]] = []  # (request index, start, end) into texts
+    for i, request in enumerate(requests):
+        tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
+        if tensor is None:
+            responses[i] = _error(pb_utils, f"input {INPUT_NAME} is missing", invalid=True)
+            continue
+        try:
+            decoded = check_texts(decode_texts(tensor.as_numpy()), max_chars=max_chars)
+        except InvalidArgument as exc:
+            responses[i] = _error(pb_utils, exc.message, invalid=True)
+            continue
+        spans.append((i, len(texts), len(texts) + len(decoded)))
+        texts.extend(decoded)
+
+    try:
+        scores = score(texts)
+    except Exception:
+        for i, _, _ in spans:
+            responses[i] = _error(pb_utils, f"{what} model failed", invalid=False)
+        return responses
+
+    for i, start, end in spans:
+        if outputs is None:
+            columns = {OUTPUT_NAME: scores[start:end]}
+        else:
+            wanted = requests[i].requested_output_names() or outputs
+            columns = {n: scores[start:end, c] for n, c in outputs.items() if n in wanted}
+        responses[i] = pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor(n, np.ascontiguousarray(v.reshape(-1, 1).astype(dtype, copy=False)))
+                for n, v in columns.items()
+            ]
+        )
+    return responses
+
+
+def _error(pb_utils: Any, message: str, *, invalid: bool) -> Any:
+    code = pb_utils.TritonError.INVALID_ARG if invalid else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -1,0 +1,342 @@
+"""``quorum eval``: every judge and the ensembles on held-out texts, as one table.
+
+Held out means the test splits, which no judge was trained on. Each is cut in two halves by a
+hash of the text (:func:`half`): ``quorum voter fit`` fits on one, ``quorum eval`` reports on
+the other, so the fitted row is held out too.
+
+It starts its own Triton (every model in the repository, on free loopback ports) unless given
+one, builds the voter's judges from the registry exactly as the voter does, asks every judge
+about every text (the judges of one text at once, ``concurrency`` texts at a time), and then
+scores each system offline over the same votes (:mod:`services.voter.evaluation`).
+
+Latency columns: a judge's own calls, measured here under that concurrency; an ensemble's is
+the slowest of its judges per text (they run in parallel in the voter; the voter's own
+overhead is in ``bench/bench_voter.py``). ``--simulated`` adds a remote LLM judge served by
+the provider simulator, whose verdicts come from keyword lists (its rows say so), priced as
+gemini-2.5-flash. With both local and remote judges, a cascade row replays the cascade over
+the same votes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from tritonclient.grpc import aio as triton_aio
+
+from quorum import datasets
+from quorum.backends.openai import OpenAIChat
+from quorum.backends.triton import TritonScorer
+from quorum.backends.types import TokenUsage
+from quorum.cost.v1 import cost_pb2_grpc
+from quorum.money import NoExchangeRate
+from quorum.pricing import PriceNotFound, bill
+from quorum.registry import Registry, TritonBackend, load_registry
+from quorum.simulator import ProviderSimulator
+from quorum.tritonserver import TritonOptions, TritonServer, default_model_repository
+from quorum.usage import Meter
+from services.voter import fitting
+from services.voter.config import policy_from
+from services.voter.evaluation import (
+    SET_CATEGORIES,
+    Row,
+    System,
+    cascade,
+    confusion,
+    ensemble,
+    escalated,
+    latency,
+    single,
+)
+from services.voter.judges import Judge, build_judges
+from services.voter.voting import Policy, Status, Vote
+
+log = logging.getLogger(__name__)
+
+SIMULATED_JUDGE = "sim-judge"
+#: judges trained on a set's own data: their scores there say how well they fit it
+IN_SAMPLE = {("profanity-check", "toxic")}
+
+
+@dataclass
+class Collected:
+    """What every judge said about every text of one set."""
+
+    labels: list[int] = field(default_factory=list)
+    ballots: list[list[Vote]] = field(default_factory=list)
+    latency_ms: dict[str, list[float]] = field(default_factory=dict)
+    usage: dict[str, TokenUsage] = field(default_factory=dict)
+
+
+async def collect(
+    judges: Mapping[str, Judge],
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    concurrency: int,
+    timeout_s: float,
+) -> Collected:
+    out = Collected(labels=list(labels))
+    out.ballots = [[] for _ in texts]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one_judge(name: str, judge: Judge, i: int, text: str) -> Vote:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await judge.judge(text, timeout_s=timeout_s, usage_key=f"eval:{i}:{name}")
+        except Exception as e:  # an abstention, as in the voter
+            vote = Vote(name, 1.0, Status.ERROR, error=type(e).__name__)
+        else:
+            vote = result.vote
+            u = out.usage.get(name, TokenUsage())
+            out.usage[name] = TokenUsage(
+                u.input_tokens + result.usage.input_tokens,
+                u.output_tokens + result.usage.output_tokens,
+            )
+        out.latency_ms.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+        return vote
+
+    async def one_text(i: int, text: str) -> None:
+        async with gate:
+            out.ballots[i] = list(
+                await asyncio.gather(*(one_judge(n, j, i, text) for n, j in judges.items()))
+            )
+
+    await asyncio.gather(*(one_text(i, t) for i, t in enumerate(texts)))
+    return out
+
+
+def systems(
+    judges: Sequence[str],
+    policy: Policy,
+    fitted: Policy | None,
+) -> list[tuple[str, System, tuple[str, ...]]]:
+    """(name, system, the judges it asks) for every row of a set."""
+    rows: list[tuple[str, System, tuple[str, ...]]] = [(j, single(j), (j,)) for j in judges]
+    everyone = tuple(judges)
+    rows.append(("ensemble (configured weights)", ensemble(policy), everyone))
+    rows.append(("ensemble (equal weights)", ensemble(policy, weights={}), everyone))
+    if fitted is not None:
+        rows.append(("ensemble (fitted)", ensemble(fitted), everyone))
+    return rows
+
+
+def _cost_per_1k(registry: Registry, judge: str, usage: TokenUsage, n: int, at_us: int) -> float:
+    """What ``judge`` cost per 1,000 texts at today's price; NaN when it has no price (unknown
+    is not free)."""
+    spec = registry.get(judge)
+    try:
+        micros = bill(spec.name, spec.pricing, usage, at_us, registry.rates).cost.micros
+    except (PriceNotFound, NoExchangeRate):
+        return math.nan
+    return micros / 1e6 * 1000 / n
+
+
+def rows_for(
+    dataset: str,
+    got: Collected,
+    registry: Registry,
+    policy: Policy,
+    *,
+    fitted: Policy | None = None,
+) -> list[Row]:
+    judges = [v.model for v in got.ballots[0]] if got.ballots else []
+    n = len(got.labels)
+    now = time.time_ns() // 1000
+    cost_per_1k = {
+        j: _cost_per_1k(registry, j, got.usage.get(j, TokenUsage()), n, now) for j in judges
+    }
+    out = []
+    for name, system, asked in systems(judges, policy, fitted):
+        flagged = [system(b) for b in got.ballots]
+        if len(asked) == 1:
+            p50, p99 = latency(got.latency_ms.get(asked[0], []))
+        else:
+            per_text = [max(col) for col in zip(*(got.latency_ms[j] for j in asked), strict=True)]
+            p50, p99 = latency(per_text)
+        notes = []
+        if any((j, dataset) in IN_SAMPLE for j in asked):
+            notes.append(
+                "in-sample (" + ", ".join(j for j in asked if (j, dataset) in IN_SAMPLE) + ")"
+            )
+        if SIMULATED_JUDGE in asked:
+            notes.append("simulated judge")
+        out.append(
+            Row(
+                system=name,
+                dataset=dataset,
+                scores=confusion(got.labels, flagged),
+                p50_ms=p50,
+                p99_ms=p99,
+                cost_per_1k=sum(cost_per_1k[j] for j in asked),
+                notes="; ".join(notes),
+            )
+        )
+    local = frozenset(j for j in judges if isinstance(registry.get(j).backend, TritonBackend))
+    if local and len(local) < len(judges):
+        out.append(_cascade_row(dataset, got, policy, local, cost_per_1k))
+    return out
+
+
+def _cascade_row(
+    dataset: str, got: Collected, policy: Policy, local: frozenset[str], cost: Mapping[str, float]
+) -> Row:
+    """The cascade, replayed over the same votes: the local judges' latency, plus the remote
+    ones' for the texts it escalates (asked one after the other)."""
+    asks = escalated(policy, local)
+    up = [asks(b) for b in got.ballots]
+    judges = [v.model for v in got.ballots[0]]
+    remote = [j for j in judges if j not in local]
+    per_text = []
+    for i, esc in enumerate(up):
+        t = max(got.latency_ms[j][i] for j in local)
+        if esc:
+            t += max(got.latency_ms[j][i] for j in remote)
+        per_text.append(t)
+    p50, p99 = latency(per_text)
+    rate = sum(up) / len(up) if up else 0.0
+    simulated = "; simulated judge" if SIMULATED_JUDGE in remote else ""
+    return Row(
+        system="cascade (local first)",
+        dataset=dataset,
+        scores=confusion(got.labels, [cascade(policy, local)(b) for b in got.ballots]),
+        p50_ms=p50,
+        p99_ms=p99,
+        cost_per_1k=sum(cost[j] for j in local) + rate * sum(cost[j] for j in remote),
+        notes=f"asked the remote judges for {rate:.0%} of texts{simulated}",
+    )
+
+
+@contextlib.asynccontextmanager
+async def _judges(
+    data: dict[str, Any], triton_address: str, simulated: bool
+) -> AsyncIterator[tuple[dict[str, Judge], Registry]]:
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        if simulated:
+            sim = stack.enter_context(ProviderSimulator())
+            data["providers"]["simulator-eval"] = {"base_url": sim.url, "simulated": True}
+            data["models"][SIMULATED_JUDGE] = {
+                "provider": "simulator-eval",
+                # priced as gemini-2.5-flash, so that its cost column means something
+                "input_per_mtok": "0.50",
+                "output_per_mtok": "2.50",
+                "moderation": {"categories": ["violence", "adult", "hate", "spam", "harassment"]},
+            }
+        registry = load_registry(data).resolve_keys({})  # remote judges only if simulated
+        triton = triton_aio.InferenceServerClient(url=triton_address)
+        stack.push_async_callback(triton.close)
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        channel = await stack.enter_async_context(grpc.aio.insecure_channel("127.0.0.1:9"))
+        journal = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "eval.journal"
+        meter = Meter(cost_pb2_grpc.CostServiceStub(channel), journal, source="eval")
+        await meter.start()  # the simulated judge's calls are billed into a scratch journal
+        stack.push_async_callback(meter.stop, 0.0)
+        judges = build_judges(registry, TritonScorer(triton), OpenAIChat(http, {}), meter)
+        yield judges, registry
+
+
+#: the two halves of every test split: the fit uses one, the evaluation the other
+HALVES = ("fit", "eval")
+
+
+def half(text: str) -> str:
+    """Which half of a test split ``text`` belongs to (a hash of it: stable, no overlap)."""
+    return HALVES[hashlib.sha256(text.encode("utf-8")).digest()[0] & 1]
+
+
+async def _collect_sets(
+    judges: Mapping[str, Judge], opts: Options, part: str
+) -> AsyncIterator[tuple[str, Collected]]:
+    """Every judge's votes on ``part`` (a half of each set's test split, see :data:`HALVES`):
+    the text-heads judge was trained on the train splits, so votes there are in-sample for
+    it and would teach the fit to trust it too much."""
+    for name in opts.sets:
+        limit = 2 * opts.limit if opts.limit else None
+        examples = [e for e in datasets.load(name, "test", limit=limit) if half(e.text) == part]
+        got = await collect(
+            judges,
+            [e.text for e in examples],
+            [e.label for e in examples],
+            concurrency=opts.concurrency,
+            timeout_s=30.0,
+        )
+        log.info("asked every judge about %s (%s half, %d texts)", name, part, len(examples))
+        yield name, got
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to ask about: the sets, how many texts of each, which Triton, and whether a
+    simulated remote judge takes part."""
+
+    sets: Sequence[str]
+    limit: int | None = 1000
+    triton_address: str | None = None
+    simulated: bool = False
+    concurrency: int = 16
+
+
+async def evaluate(data: dict[str, Any], opts: Options, fitted: Policy | None = None) -> list[Row]:
+    policy = policy_from(data.get("voter", {}))
+    rows: list[Row] = []
+    assert opts.triton_address is not None
+    async with _judges(data, opts.triton_address, opts.simulated) as (judges, registry):
+        async for name, got in _collect_sets(judges, opts, "eval"):
+            rows += rows_for(name, got, registry, policy, fitted=fitted)
+    return rows
+
+
+async def fit_on_train(data: dict[str, Any], opts: Options) -> fitting.Fit:
+    base = policy_from(data.get("voter", {}))
+    examples: list[fitting.Example] = []
+    assert opts.triton_address is not None
+    async with _judges(data, opts.triton_address, opts.simulated) as (judges, _):
+        async for name, got in _collect_sets(judges, opts, "fit"):
+            examples += [
+                fitting.Example(name, y, b) for y, b in zip(got.labels, got.ballots, strict=True)
+            ]
+        cats = {
+            n: tuple(j.spec.moderation.categories) if j.spec.moderation else ()
+            for n, j in judges.items()
+        }
+        local = [n for n, j in judges.items() if isinstance(j.spec.backend, TritonBackend)]
+    return fitting.fit(examples, cats, base, local)
+
+
+@contextlib.contextmanager
+def _prepared(opts: Options) -> Iterator[Options]:
+    """Check the sets, fetch what is missing, and start Triton unless one is given."""
+    for s in opts.sets:
+        if s not in SET_CATEGORIES:
+            raise ValueError(f"unknown set {s!r}; known: {', '.join(SET_CATEGORIES)}")
+    datasets.fetch([s for s in opts.sets if s in datasets.PACKAGED])
+    if opts.triton_address is not None:
+        yield opts
+        return
+    with TritonServer(TritonOptions(model_repository=default_model_repository())) as triton:
+        yield replace(opts, triton_address=triton.grpc_address)
+
+
+def run(data: dict[str, Any], opts: Options, fitted: Policy | None = None) -> list[Row]:
+    """Every judge and ensemble on the evaluation half of the test splits."""
+    with _prepared(opts) as ready:
+        return asyncio.run(evaluate(data, ready, fitted))
+
+
+def run_fit(data: dict[str, Any], opts: Options) -> fitting.Fit:
+    """The fitted policy from the fitting half of the test splits."""
+    with _prepared(opts) as ready:
+        return asyncio.run(fit_on_train(data, ready))

@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/bench_mesh.py [--starts 3] [--requests 200]
 
+Complete is timed for the default tenant (no budget: its reservation is still made), for a
+tenant with a budget (the reservation checks it), and, on one more `quorum up` started with
+``[usage] reserve = false``, with no reservation at all: the difference is what budgets cost
+a completion (the commit goes with the usage record, off the request path).
+
 Runs `quorum up` as a person does (no API key: Triton, cost, voter, router and the provider
 simulator; ports moved to free ones with QUORUM_* overrides, a temporary data folder) and
 times it from launch to "Quorum is up" (every service SERVING). Against the last one it
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import grpc
 
+from quorum.common.v1 import common_pb2
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
@@ -31,9 +38,12 @@ from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 QUORUM = str(Path(sys.executable).parent / "quorum")
 
 
-def start_quorum_up(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], float]:
+def start_quorum_up(
+    data_dir: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, str], float]:
     router, voter, cost, th, tg, tm, sim = free_ports(7)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env |= extra_env or {}
     env |= {
         "QUORUM_DATA_DIR": str(data_dir),
         "QUORUM_ROUTER__ADDRESS": f"127.0.0.1:{router}",
@@ -55,7 +65,12 @@ def start_quorum_up(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, st
             break
     else:
         raise SystemExit(f"quorum up failed (exit {proc.wait()})")
-    addresses = {"router": f"127.0.0.1:{router}", "voter": f"127.0.0.1:{voter}"}
+    addresses = {
+        "router": f"127.0.0.1:{router}",
+        "voter": f"127.0.0.1:{voter}",
+        "cost": f"127.0.0.1:{cost}",
+        "simulator": f"http://127.0.0.1:{sim}/v1",
+    }
     return proc, addresses, took
 
 
@@ -84,8 +99,10 @@ def timed(call: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
     return out
 
 
-def call(rpc: Callable[..., object], req: object) -> Callable[[], object]:
-    return lambda: rpc(req, timeout=10)
+def call(
+    rpc: Callable[..., object], req: object, metadata: tuple[tuple[str, str], ...] = ()
+) -> Callable[[], object]:
+    return lambda: rpc(req, timeout=10, metadata=metadata)
 
 
 def main() -> None:
@@ -111,24 +128,62 @@ def main() -> None:
             with (
                 grpc.insecure_channel(addresses["voter"]) as vch,
                 grpc.insecure_channel(addresses["router"]) as rch,
+                grpc.insecure_channel(addresses["cost"]) as cch,
             ):
                 voter = voter_pb2_grpc.VoterServiceStub(vch)
                 router = router_pb2_grpc.RouterServiceStub(rch)
+                cost_pb2_grpc.CostServiceStub(cch).SetBudget(
+                    cost_pb2.SetBudgetRequest(
+                        budget=cost_pb2.Budget(
+                            tenant="bench", limit=common_pb2.Money(micros=10**15, currency="USD")
+                        )
+                    ),
+                    timeout=10,
+                )
                 text = "Thanks for the quick delivery, the package arrived in perfect condition."
                 mod = voter_pb2.ModerateRequest(text=text)
+                one = voter_pb2.ModerateRequest(text=text, models=["profanity-check"])
                 plain = router_pb2.CompleteRequest(
                     prompt="What is a quorum?", moderation=router_pb2.MODERATION_MODE_NONE
                 )
                 moderated = router_pb2.CompleteRequest(prompt="What is a quorum?")
                 n = args.requests
+                budgeted = (("quorum-tenant", "bench"),)
                 rows = (
-                    ("Moderate (profanity-check on Triton; no keyed judge)", voter.Moderate, mod),
-                    ("Complete, simulator, no moderation", router.Complete, plain),
-                    ("Complete, simulator, input moderation (default)", router.Complete, moderated),
+                    (
+                        "Moderate (every local judge on Triton; no keyed judge)",
+                        voter.Moderate,
+                        mod,
+                        (),
+                    ),
+                    ("Moderate, profanity-check alone (models=[...])", voter.Moderate, one, ()),
+                    ("Complete, simulator, no moderation", router.Complete, plain, ()),
+                    (
+                        "Complete, simulator, no moderation, a tenant with a budget",
+                        router.Complete,
+                        plain,
+                        budgeted,
+                    ),
+                    (
+                        "Complete, simulator, input moderation (default)",
+                        router.Complete,
+                        moderated,
+                        (),
+                    ),
                 )
-                for title, rpc, req in rows:
+                for title, rpc, req, metadata in rows:
                     print(f"{title}:")
-                    print("  " + percentiles(timed(call(rpc, req), n)))
+                    print("  " + percentiles(timed(call(rpc, req, metadata), n)))
+        finally:
+            stop(proc)
+        proc, addresses, _ = start_quorum_up(
+            Path(tmp) / "no-reserve", {"QUORUM_USAGE__RESERVE": "false"}
+        )
+        try:
+            with grpc.insecure_channel(addresses["router"]) as rch:
+                router = router_pb2_grpc.RouterServiceStub(rch)
+                print("Complete, simulator, no moderation, reservations off ([usage] reserve):")
+                print("  " + percentiles(timed(call(router.Complete, plain), n)))
         finally:
             stop(proc)
 

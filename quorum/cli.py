@@ -6,43 +6,79 @@
     quorum moderate TEXT      ask the voter (every model's vote is shown)
     quorum complete PROMPT    ask the router [--model M] [--task T] [--stream]
     quorum usage              usage and cost so far, per model
+    quorum cost report        usage and cost by model, tenant, day or month [--csv]
+    quorum cost estimate      what a call would cost now --model M --input-tokens N
+                              --output-tokens N [--cached-input-tokens N] [--currency C]
+    quorum keys create|list|revoke
+                              API keys (tenant and role) in the keys file the services read
+    quorum budget set|status|delete|watch
+                              a tenant's monthly budgets: set one, see where they stand,
+                              follow them as they change
+    quorum eval               every judge and the ensembles on the held-out labelled sets
+    quorum voter fit          fit judge weights and thresholds on held-out texts
 
-``moderate``, ``complete`` and ``usage`` talk to a running mesh at the addresses ``quorum up``
-uses by default (override with --router/--voter/--cost); ``--json`` prints the whole response
-in protobuf's JSON mapping.
+``moderate``, ``complete``, ``usage``, ``cost`` and ``budget`` talk to a running mesh at the
+addresses ``quorum up`` uses by default (override with --router/--voter/--cost); ``--json``
+prints the whole response in protobuf's JSON mapping, every field included.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
-from quorum import config, demo, telemetry
+from quorum import config, demo, protoconv, telemetry
+from quorum.auth import AuthSettings, Key, KeyStore, Role
+from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.errors import QuorumError
-from quorum.formatting import format_completion, format_moderation, format_usage
+from quorum.formatting import (
+    format_budget_event,
+    format_budgets,
+    format_completion,
+    format_estimate,
+    format_moderation,
+    format_report,
+    format_usage,
+)
 from quorum.grpcerrors import from_rpc_error
 from quorum.mesh import Mesh, MeshOptions
 from quorum.registry import ConfigError
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.signals import StopSignals
+from quorum.tls import TlsSettings, blocking_channel
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 
 # -- printing ---------------------------------------------------------------------------------
 
 
-def _print_json(msg: Message) -> None:
-    print(json_format.MessageToJson(msg, preserving_proto_field_name=False, indent=2))
+def _print_json(msg: Message, *, lines: bool = False) -> None:
+    """The protobuf JSON mapping, with every field: a false flag or a zero count is shown,
+    not left out. ``lines``: compact, one object a line (JSON Lines, for streams)."""
+    print(
+        json_format.MessageToJson(
+            msg,
+            preserving_proto_field_name=False,
+            always_print_fields_with_no_presence=True,
+            indent=None if lines else 2,
+        ),
+        flush=lines,
+    )
 
 
 def _show(args: argparse.Namespace, resp: Message, fmt: Callable[[Any], str]) -> int:
@@ -63,6 +99,19 @@ def _fail(err: grpc.RpcError, service: str) -> int:
 # -- client commands ----------------------------------------------------------------------------
 
 
+def _key() -> tuple[tuple[str, str], ...]:
+    """The caller's API key, from $QUORUM_API_KEY (never a flag: flags show in `ps`)."""
+    key = os.environ.get("QUORUM_API_KEY", "")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def _channel(args: argparse.Namespace, name: str) -> grpc.Channel:
+    """A channel to service ``name``: TLS when the configuration's ``[tls]`` is enabled (the
+    CLI reads the same configuration as the services: --config, $QUORUM_CONFIG, QUORUM_*)."""
+    tls = TlsSettings.from_config(config.load(args.config), os.environ)
+    return blocking_channel(_addr(args, name), tls)
+
+
 def _addr(args: argparse.Namespace, name: str) -> str:
     given = getattr(args, name, None)
     if given:
@@ -71,11 +120,12 @@ def _addr(args: argparse.Namespace, name: str) -> str:
 
 
 def cmd_moderate(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(_addr(args, "voter")) as ch:
+    with _channel(args, "voter") as ch:
         try:
             resp = voter_pb2_grpc.VoterServiceStub(ch).Moderate(
                 voter_pb2.ModerateRequest(text=args.text, models=args.model or []),
                 timeout=args.timeout,
+                metadata=_key(),
             )
         except grpc.RpcError as e:
             return _fail(e, "voter")
@@ -94,45 +144,301 @@ def _request(args: argparse.Namespace) -> router_pb2.CompleteRequest:
         prompt=args.prompt, model=args.model or "", task=args.task or "", moderation=mode,
         max_tokens=args.max_tokens,
     )  # fmt: skip
+    if args.model_id is not None:
+        req.model_id = args.model_id
     return req
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(_addr(args, "router")) as ch:
+    with _channel(args, "router") as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         try:
             if args.stream:
                 summary = None
                 for event in stub.CompleteStream(
-                    router_pb2.CompleteStreamRequest(request=_request(args)), timeout=args.timeout
+                    router_pb2.CompleteStreamRequest(request=_request(args)),
+                    timeout=args.timeout,
+                    metadata=_key(),
                 ):
-                    if event.HasField("summary"):
+                    if args.json:  # JSON Lines: one event a line, the summary last
+                        _print_json(event, lines=True)
+                    elif event.HasField("summary"):
                         summary = event.summary
-                    elif args.json:
-                        _print_json(event)
                     else:
                         print(event.delta, end="", flush=True)
                 if summary is not None:
-                    if args.json:
-                        _print_json(router_pb2.CompleteStreamResponse(summary=summary))
-                    else:
-                        print("\n" + format_completion(summary, with_text=False))
+                    print("\n" + format_completion(summary, with_text=False))
                 return 0
-            resp = stub.Complete(_request(args), timeout=args.timeout)
+            resp = stub.Complete(_request(args), timeout=args.timeout, metadata=_key())
         except grpc.RpcError as e:
             return _fail(e, "router")
     return _show(args, resp, format_completion)
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(_addr(args, "cost")) as ch:
+    with _channel(args, "cost") as ch:
         try:
             resp = cost_pb2_grpc.CostServiceStub(ch).GetUsageSummary(
-                cost_pb2.GetUsageSummaryRequest(model=args.model or ""), timeout=args.timeout
+                cost_pb2.GetUsageSummaryRequest(model=args.model or ""),
+                timeout=args.timeout,
+                metadata=_key(),
             )
         except grpc.RpcError as e:
             return _fail(e, "cost")
     return _show(args, resp, format_usage)
+
+
+def _micros(amount: str) -> int:
+    try:
+        value = Decimal(amount)
+    except InvalidOperation:
+        raise SystemExit(f"error: {amount!r} is not an amount such as 100 or 12.50") from None
+    if not value.is_finite():
+        raise SystemExit(f"error: {amount!r} is not an amount such as 100 or 12.50")
+    return int((value * 1_000_000).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+_GROUPINGS = {
+    "model": cost_pb2.REPORT_GROUPING_MODEL,
+    "tenant": cost_pb2.REPORT_GROUPING_TENANT,
+    "day": cost_pb2.REPORT_GROUPING_DAY,
+    "month": cost_pb2.REPORT_GROUPING_MONTH,
+}
+
+
+def _when(text: str, time_zone: str) -> timestamp_pb2.Timestamp:
+    """``YYYY-MM-DD`` (midnight in ``time_zone``) or an ISO 8601 time (``time_zone`` when it
+    names no offset) as a Timestamp."""
+    try:
+        when = datetime.fromisoformat(text)
+        tz = ZoneInfo(time_zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise SystemExit(
+            f"error: {text!r} is not a date (YYYY-MM-DD) or an ISO 8601 time"
+        ) from None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when if when.tzinfo else when.replace(tzinfo=tz))
+    return ts
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    return _cost_estimate(args) if args.cost_command == "estimate" else _cost_report(args)
+
+
+def _cost_report(args: argparse.Namespace) -> int:
+    if args.compare:
+        return _cost_compare(args)
+    req = cost_pb2.GetUsageReportRequest(
+        tenant=args.tenant or "", model=args.model or "", group_by=_GROUPINGS[args.by],
+        time_zone=args.time_zone,
+    )  # fmt: skip
+    if args.since:
+        req.start_time.CopyFrom(_when(args.since, args.time_zone))
+    if args.until:
+        req.end_time.CopyFrom(_when(args.until, args.time_zone))
+    with _channel(args, "cost") as ch:
+        try:
+            resp = cost_pb2_grpc.CostServiceStub(ch).GetUsageReport(
+                req, timeout=args.timeout, metadata=_key()
+            )
+        except grpc.RpcError as e:
+            return _fail(e, "cost")
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow([args.by, "currency", "requests", "input_tokens", "output_tokens",
+                      "cost", "estimated_requests"])  # fmt: skip
+        for r in resp.rows:
+            whole = protoconv.format_money(r.cost).split()[0]
+            out.writerow([r.key, r.cost.currency, r.requests, r.usage.input_tokens,
+                          r.usage.output_tokens, whole, r.estimated_requests])  # fmt: skip
+        return 0
+    return _show(args, resp, lambda r: format_report(r, args.by))
+
+
+def _mix(text: str) -> dict[str, float]:
+    """``MODEL=WEIGHT,...`` (weights need not sum to 1: they are normalised)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not sep or not name or not value > 0:
+            raise argparse.ArgumentTypeError(f"{part!r} is not MODEL=WEIGHT with WEIGHT > 0")
+        out[name] = value
+    if not out:
+        raise argparse.ArgumentTypeError("name at least one MODEL=WEIGHT")
+    return out
+
+
+def _cost_compare(args: argparse.Namespace) -> int:
+    """The brief's table: what ``--tokens`` a month would cost on each priced model alone, on
+    a weighted mix, and on a voting panel (every judge reads every text), at today's prices
+    (EstimateCost, so the cost service's prices and exchange rates decide)."""
+    tokens = args.tokens
+    out_tokens = round(tokens * args.output_share)
+    usage = common_pb2.Usage(input_tokens=tokens - out_tokens, output_tokens=out_tokens)
+    currency = (args.currency or "USD").upper()
+    with _channel(args, "cost") as ch:
+        stub = cost_pb2_grpc.CostServiceStub(ch)
+        try:
+            listed = stub.ListPrices(cost_pb2.ListPricesRequest(), timeout=args.timeout,
+                                     metadata=_key())  # fmt: skip
+            costs: dict[str, int] = {}
+            for price in listed.prices:
+                if price.input_micros_per_mtok == 0 and price.output_micros_per_mtok == 0:
+                    continue  # local models: nothing to compare
+                est = stub.EstimateCost(
+                    cost_pb2.EstimateCostRequest(model=price.model, usage=usage,
+                                                 currency=currency),
+                    timeout=args.timeout, metadata=_key(),
+                )  # fmt: skip
+                money = est.converted if est.HasField("converted") else est.cost
+                costs[price.model] = money.micros
+        except grpc.RpcError as e:
+            return _fail(e, "cost")
+    mix = args.mix or dict.fromkeys(costs, 1.0)
+    unknown = sorted(set(mix) - set(costs))
+    if unknown:
+        print(f"error: no priced model called {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    total = sum(mix.values())
+    mixed = round(sum(costs[m] * w / total for m, w in mix.items()))
+    panel = sum(costs[m] for m in mix)
+    rows = [(m, c) for m, c in sorted(costs.items(), key=lambda mc: mc[1], reverse=True)]
+    rows.append(("mix " + ", ".join(f"{m} {w / total:.0%}" for m, w in mix.items()), mixed))
+    rows.append(("voting panel: " + " + ".join(mix), panel))
+    if args.json:
+        print(json.dumps({
+            "tokens": tokens, "inputTokens": usage.input_tokens,
+            "outputTokens": usage.output_tokens, "currency": currency,
+            "rows": [{"what": w, "micros": str(c)} for w, c in rows],
+        }, indent=2))  # fmt: skip
+        return 0
+    print(f"{tokens:,} tokens a month ({usage.input_tokens:,} in, {usage.output_tokens:,} out), "
+          f"at today's prices:")  # fmt: skip
+    width = max(len(w) for w, _ in rows)
+    for what, micros in rows:
+        money = protoconv.format_money(common_pb2.Money(micros=micros, currency=currency))
+        print(f"  {what:<{width}}  {money}")
+    return 0
+
+
+def _cost_estimate(args: argparse.Namespace) -> int:
+    """``quorum cost estimate``: the cost service's EstimateCost (it validates the numbers)."""
+    req = cost_pb2.EstimateCostRequest(
+        model=args.model,
+        usage=common_pb2.Usage(
+            input_tokens=args.input_tokens,
+            output_tokens=args.output_tokens,
+            cached_input_tokens=args.cached_input_tokens,
+        ),
+        currency=(args.currency or "").upper(),
+    )
+    with _channel(args, "cost") as ch:
+        try:
+            resp = cost_pb2_grpc.CostServiceStub(ch).EstimateCost(
+                req, timeout=args.timeout, metadata=_key()
+            )
+        except grpc.RpcError as e:
+            return _fail(e, "cost")
+    return _show(args, resp, format_estimate)
+
+
+def _tokens(text: str) -> int:
+    """A token count as the API can carry it (int64); the cost service judges the rest."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is out of range")
+    return value
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    with _channel(args, "cost") as ch:
+        stub = cost_pb2_grpc.CostServiceStub(ch)
+        try:
+            if args.budget_command == "set":
+                b = cost_pb2.Budget(
+                    tenant=args.tenant, model=args.model or "",
+                    limit=common_pb2.Money(micros=_micros(args.limit), currency=args.currency),
+                    time_zone=args.time_zone, alert_thresholds=args.alert or [],
+                    alert_only=args.alert_only,
+                )  # fmt: skip
+                resp = stub.SetBudget(
+                    cost_pb2.SetBudgetRequest(budget=b), timeout=args.timeout, metadata=_key()
+                )
+                return _show(args, resp, lambda r: format_budgets([r.status]))
+            if args.budget_command == "delete":
+                req = cost_pb2.DeleteBudgetRequest(tenant=args.tenant, model=args.model or "")
+                return _show(
+                    args,
+                    stub.DeleteBudget(req, timeout=args.timeout, metadata=_key()),
+                    lambda r: "deleted",
+                )
+            if args.budget_command == "status":
+                found = stub.GetBudgetStatus(
+                    cost_pb2.GetBudgetStatusRequest(tenant=args.tenant or ""),
+                    timeout=args.timeout,
+                    metadata=_key(),
+                )
+                return _show(args, found, lambda r: format_budgets(r.budgets))
+            watch = stub.WatchBudget(
+                cost_pb2.WatchBudgetRequest(tenant=args.tenant),
+                timeout=args.timeout,
+                metadata=_key(),
+            )
+            for event in watch:
+                _show(args, event, lambda e: format_budget_event(e.status, e.new_alerts))
+        except grpc.RpcError as e:
+            if args.budget_command == "watch" and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                return 0  # watched for --timeout seconds
+            return _fail(e, "cost")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Edit the keys file this machine's services read ([auth] keys_file)."""
+    store = KeyStore(AuthSettings.from_config(config.load(args.config), os.environ).keys_file)
+
+    def shown(k: Key) -> dict[str, Any]:
+        return {
+            "id": k.id, "tenant": k.tenant, "role": k.role, "name": k.name,
+            "createdAt": _iso(k.created_at),
+            "revokedAt": _iso(k.revoked_at) if k.revoked_at else None, "active": k.active,
+        }  # fmt: skip
+
+    try:
+        if args.keys_command == "create":
+            key, token = store.create(args.tenant, Role(args.role), args.name or "")
+            if args.json:
+                print(json.dumps(shown(key) | {"key": token}, indent=2))
+            else:
+                print(f"key {key.id} for tenant {key.tenant} (role {key.role}); shown once:")
+                print(token)
+        elif args.keys_command == "list":
+            keys = store.all()
+            if args.json:
+                print(json.dumps([shown(k) for k in keys], indent=2))
+            for k in [] if args.json else keys:
+                state = "active" if k.active else f"revoked {_iso(k.revoked_at or 0)}"
+                print(f"{k.id}  {k.tenant:<20} {k.role:<8} {state:<30} {k.name}")
+            if not keys and not args.json:
+                print("no keys")
+        else:
+            key = store.revoke(args.id)
+            print(json.dumps(shown(key), indent=2) if args.json else f"revoked {key.id}")
+    except QuorumError as e:
+        print(f"error: {e.message} [{e.reason}]", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- mesh commands --------------------------------------------------------------------------------
@@ -162,10 +468,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         mesh.start()
         _print_mesh(mesh, time.monotonic() - start)
         print("Ctrl-C stops everything.", flush=True)
+        policy = config.section(config.load(args.config), "mesh")
+        restart = config.get_choice(policy, "on_failure", "mesh", ("stop", "restart"))
+        max_restarts = config.get_int(policy, "max_restarts", "mesh")
+        restarts: dict[str, list[float]] = {}
         while not stop.wait(1.0):
-            if mesh.triton is None or mesh.triton.returncode is not None:
-                print("error: tritonserver exited; stopping", file=sys.stderr)
-                return 1
+            for name, code in mesh.exited_parts():
+                recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 600]
+                if restart == "stop" or len(recent) >= max_restarts:
+                    # a mesh with a dead part must not look alive: stop it all, say why
+                    why = "" if restart == "stop" else f" ({len(recent)} restarts in 10 min)"
+                    print(
+                        f"error: {name} (exit code {code}) stopped{why}; stopping the mesh "
+                        f"(logs in {mesh.log_dir})",
+                        file=sys.stderr,
+                    )
+                    return 1
+                wait = min(2.0 ** len(recent), 30.0)  # back off: 1 s, 2 s, 4 s ...
+                print(f"{name} (exit code {code}) stopped; restarting it in {wait:g} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                if stop.wait(wait):
+                    break
+                restarts[name] = [*recent, time.monotonic()]
+                mesh.restart(name)
+                print(f"{name} is back", file=sys.stderr, flush=True)
         print("stopping ...", flush=True)
         return 0
     except QuorumError as e:
@@ -199,7 +525,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("stopped.")
 
 
-# -- parser -------------------------------------------------------------------------------------
+def _eval_options(args: argparse.Namespace) -> Any:
+    from services.voter.evalrun import Options
+
+    return Options(
+        sets=args.sets,
+        limit=args.limit or None,
+        triton_address=args.triton,
+        simulated=args.simulated,
+        concurrency=args.concurrency,
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from quorum import datasets
+    from services.voter import evalrun
+    from services.voter.config import policy_from
+    from services.voter.evaluation import format_table
+
+    data = config.load(args.config)
+    fitted = policy_from(config.load(args.fitted)["voter"]) if args.fitted else None
+    try:
+        rows = evalrun.run(data, _eval_options(args), fitted)
+    except (datasets.FetchError, datasets.DatasetNotFetched, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.as_json() for r in rows], indent=2))
+    else:
+        limit = f"from at most {2 * args.limit} texts a set" if args.limit else "every text"
+        print(
+            f"the evaluation half of the held-out test splits ({limit}); "
+            "label 1 = should be flagged"
+        )
+        print(format_table(rows))
+    return 0
+
+
+def cmd_voter(args: argparse.Namespace) -> int:
+    from quorum import datasets
+    from services.voter import evalrun, fitting
+
+    data = config.load(args.config)
+    try:
+        result = evalrun.run_fit(data, _eval_options(args))
+    except (datasets.FetchError, datasets.DatasetNotFetched, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    Path(args.out).write_text(fitting.to_toml(result), encoding="utf-8")
+    print(f"fitted on the fitting half of the test splits of {', '.join(args.sets)}")
+    for c in result.categories:
+        weights = ", ".join(f"{j} {w:.2f}" for j, w in c.weights.items())
+        print(
+            f"  {c.category:<11} threshold {c.threshold:.3f}  weights: {weights}  "
+            f"(n={c.n}, {c.positives} positive, training error {c.train_error:.2%})"
+        )
+    print(f"  vote_threshold {result.vote_threshold}; whole policy training error "
+          f"{result.train_error:.2%}")  # fmt: skip
+    print("error correlation between judges (phi; 1 = they err on the same texts):")
+    for (a, b), phi in sorted(result.correlation.items()):
+        print(f"  {a} ~ {b}: {phi:+.2f}")
+    print(f"written to {args.out}: quorum eval --fitted {args.out}, or merge it with --config")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+EVAL_SETS = ("toxic", "spam", "chatspam", "injection", "violence", "selfharm", "adult")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,22 +622,133 @@ def build_parser() -> argparse.ArgumentParser:
     c = client("complete", "complete a prompt", "router")
     c.add_argument("prompt")
     c.add_argument("--model", help="registry model name")
+    c.add_argument("--model-id", type=int, help="the brief's model id (0 = gpt-4.1, ...)")
     c.add_argument("--task", help="e.g. chat, code, summarize")
     c.add_argument("--stream", action="store_true")
     c.add_argument("--max-tokens", type=int, default=0)
     c.add_argument("--moderation", choices=("none", "input", "output", "both"))
     u = client("usage", "usage and cost so far", "cost")
     u.add_argument("--model", help="only this model")
+
+    cost = sub.add_parser("cost", help="cost reports, prices and estimates")
+    csub = cost.add_subparsers(dest="cost_command", required=True)
+    cr = csub.add_parser("report", help="usage and cost grouped by model, tenant, day or month")
+    cr.add_argument("--cost", help="cost service address (default: as quorum up)")
+    cr.add_argument("--json", action="store_true", help="the whole response as JSON")
+    cr.add_argument("--csv", action="store_true", help="the rows as CSV")
+    cr.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    cr.add_argument("--by", choices=tuple(_GROUPINGS), default="model")
+    cr.add_argument("--since", help="YYYY-MM-DD or an ISO 8601 time (default: the beginning)")
+    cr.add_argument("--until", help="YYYY-MM-DD or an ISO 8601 time, exclusive (default: now)")
+    cr.add_argument("--tenant", help="only this tenant")
+    cr.add_argument("--model", help="only this model")
+    cr.add_argument("--time-zone", default="UTC", help="of days, months and dates (default UTC)")
+    cr.add_argument(
+        "--compare", action="store_true",
+        help="instead: the monthly cost of --tokens on each model, a mix and a voting panel",
+    )  # fmt: skip
+    cr.add_argument("--tokens", type=int, default=10_000_000, help="per month (--compare)")
+    cr.add_argument(
+        "--output-share", type=float, default=0.5, help="of the tokens, output (--compare)"
+    )
+    cr.add_argument("--mix", type=_mix, help="MODEL=WEIGHT,... (--compare; default: equal)")
+    cr.add_argument("--currency", help="ISO 4217 code (--compare; default USD)")
+
+    est = csub.add_parser(
+        "estimate", help="what a call would cost at today's price (records nothing)"
+    )
+    est.add_argument("--cost", help="cost address (default: as quorum up)")
+    est.add_argument("--json", action="store_true", help="the whole response as JSON")
+    est.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    est.add_argument("--model", required=True, help="registry model name")
+    est.add_argument("--input-tokens", type=_tokens, required=True)
+    est.add_argument("--output-tokens", type=_tokens, required=True)
+    est.add_argument(
+        "--cached-input-tokens", type=_tokens, default=0,
+        help="of the input tokens, how many the provider's prompt cache serves",
+    )  # fmt: skip
+    est.add_argument(
+        "--currency", help="also in this ISO 4217 currency, at the official exchange rate"
+    )
+
+    keys = sub.add_parser("keys", help="API keys in this machine's keys file")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="a new key (printed once)")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--role", choices=[r.value for r in Role], default="client")
+    kc.add_argument("--name", help="a note: who or what uses it")
+    kl = ksub.add_parser("list", help="every key (never a secret)")
+    kr = ksub.add_parser("revoke", help="revoke a key (services stop taking it within a second)")
+    kr.add_argument("id")
+    for k in (kc, kl, kr):
+        k.add_argument("--json", action="store_true", help="as JSON")
+
+    budget = sub.add_parser("budget", help="monthly budgets per tenant")
+    bsub = budget.add_subparsers(dest="budget_command", required=True)
+
+    def budget_client(name: str, helptext: str) -> argparse.ArgumentParser:
+        s = bsub.add_parser(name, help=helptext)
+        s.add_argument("--cost", help="cost service address (default: as quorum up)")
+        s.add_argument("--json", action="store_true", help="the whole response as JSON")
+        s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+        return s
+
+    bs = budget_client("set", "create or replace a budget")
+    bs.add_argument("--tenant", required=True)
+    bs.add_argument("--model", help="only this model's calls (default: every model)")
+    bs.add_argument("--limit", required=True, help="per calendar month, e.g. 100 or 12.50")
+    bs.add_argument("--currency", default="USD", help="ISO 4217 code (default: USD)")
+    bs.add_argument("--time-zone", default="UTC", help="IANA zone of the months (default: UTC)")
+    bs.add_argument(
+        "--alert", type=float, action="append",
+        help="alert at this fraction of the limit (repeatable; default: 0.8 and 1.0)",
+    )  # fmt: skip
+    bs.add_argument("--alert-only", action="store_true", help="alert, never refuse calls")
+    bst = budget_client("status", "where budgets stand this month")
+    bst.add_argument("--tenant", help="only this tenant's (default: every tenant's)")
+    bd = budget_client("delete", "delete a budget")
+    bd.add_argument("--tenant", required=True)
+    bd.add_argument("--model", help="the model's budget (default: the tenant-wide one)")
+    bw = budget_client("watch", "follow a tenant's budgets until --timeout")
+    bw.add_argument("--tenant", required=True)
+    bw.set_defaults(timeout=3600.0)
+
+    e = sub.add_parser("eval", help="every judge and the ensembles on the held-out sets")
+    e.add_argument(
+        "--sets", nargs="+", default=list(EVAL_SETS),
+        help="labelled sets (quorum.datasets); packaged ones are fetched when missing",
+    )  # fmt: skip
+    e.add_argument("--limit", type=int, default=1000, help="texts per set (0: all)")
+    e.add_argument("--triton", help="a running Triton's gRPC address (default: start one)")
+    e.add_argument("--simulated", action="store_true", help="add a simulated remote LLM judge")
+    e.add_argument("--concurrency", type=int, default=16)
+    e.add_argument("--json", action="store_true", help="the rows as JSON")
+    e.add_argument("--fitted", help="a policy file from `quorum voter fit` (adds its row)")
+
+    voter = sub.add_parser("voter", help="voter tools")
+    v = voter.add_subparsers(dest="voter_command", required=True)
+    f = v.add_parser("fit", help="fit judge weights and thresholds on held-out texts")
+    f.add_argument("--sets", nargs="+", default=list(EVAL_SETS))
+    f.add_argument("--limit", type=int, default=1000, help="texts per set (0: all)")
+    f.add_argument("--triton", help="a running Triton's gRPC address (default: start one)")
+    f.add_argument("--simulated", action="store_true", help="add a simulated remote LLM judge")
+    f.add_argument("--concurrency", type=int, default=16)
+    f.add_argument("--out", default="voter-fitted.toml", help="where the policy is written")
     return p
 
 
-CLIENT_COMMANDS = ("moderate", "complete", "usage")
+CLIENT_COMMANDS = ("moderate", "complete", "usage", "cost", "budget")
 COMMANDS = {
     "up": cmd_up,
     "demo": cmd_demo,
     "moderate": cmd_moderate,
     "complete": cmd_complete,
     "usage": cmd_usage,
+    "cost": cmd_cost,
+    "budget": cmd_budget,
+    "keys": cmd_keys,
+    "eval": cmd_eval,
+    "voter": cmd_voter,
 }
 
 
@@ -261,6 +766,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         code = 2
+    except BrokenPipeError:
+        # the reader went away (`quorum ... | head`): stop quietly, as other tools do; point
+        # stdout at nothing so the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     raise SystemExit(code)
 
 
@@ -270,8 +780,21 @@ def _traced(args: argparse.Namespace) -> int:
 
     shutdown = telemetry.setup_client("quorum-cli")
     try:
-        with trace.get_tracer(__name__).start_as_current_span(f"quorum {args.command}") as span:
+        sub = getattr(args, f"{args.command}_command", None)
+        name = " ".join(filter(None, ("quorum", args.command, sub)))
+        service = {"moderate": "voter", "complete": "router"}.get(args.command, "cost")
+        attributes: dict[str, str | int] = {
+            "quorum.cli.command": name,
+            "server.address": _addr(args, service),
+            "quorum.cli.exit_code": -1,
+        }
+        if getattr(args, "model", None):
+            attributes["gen_ai.request.model"] = args.model
+        with trace.get_tracer(__name__).start_as_current_span(name, attributes=attributes) as span:
             code = COMMANDS[args.command](args)
+            span.set_attribute("quorum.cli.exit_code", code)
+            if code:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"exit status {code}"))
             print(f"trace id: {span.get_span_context().trace_id:032x}", file=sys.stderr)
         return code
     finally:

@@ -97,6 +97,20 @@ def get_float(table: Mapping[str, Any], key: str, where: str, *, minimum: float 
     return float(value)
 
 
+def get_bool(table: Mapping[str, Any], key: str, where: str) -> bool:
+    value = table.get(key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: true or false is required")
+    return value
+
+
+def get_choice(table: Mapping[str, Any], key: str, where: str, choices: tuple[str, ...]) -> str:
+    value = table.get(key)
+    if value not in choices:
+        raise ConfigError(f"{where}.{key}: one of {', '.join(choices)}")
+    return str(value)
+
+
 def get_int(table: Mapping[str, Any], key: str, where: str, *, minimum: int = 0) -> int:
     value = table.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

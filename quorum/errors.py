@@ -7,6 +7,7 @@ code plus a ``google.rpc.ErrorInfo`` (``reason`` in UPPER_SNAKE, domain ``quorum
     ├── InvalidArgument              bad input (INVALID_ARGUMENT)
     │   └── ContentBlocked           moderation refused the text (INVALID_ARGUMENT)
     ├── NotFound                     unknown model, record, ... (NOT_FOUND)
+    ├── AlreadyExists                an id already names something else (ALREADY_EXISTS)
     ├── FailedPrecondition           wrong state, e.g. model not configured (FAILED_PRECONDITION)
     ├── ResourceExhausted            budget or quota, provider 429 (RESOURCE_EXHAUSTED)
     ├── Unauthenticated              missing/invalid credentials (UNAUTHENTICATED)
@@ -52,6 +53,10 @@ class ContentBlocked(InvalidArgument):
 
 class NotFound(QuorumError):
     default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(QuorumError):
+    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(QuorumError):

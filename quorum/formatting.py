@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from quorum import protoconv
+from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2
 from quorum.router.v1 import router_pb2
 from quorum.voter.v1 import voter_pb2
@@ -13,6 +17,7 @@ _STATUS = {
     voter_pb2.VOTE_STATUS_OK: "voted",
     voter_pb2.VOTE_STATUS_ERROR: "abstained (error)",
     voter_pb2.VOTE_STATUS_TIMEOUT: "abstained (timeout)",
+    voter_pb2.VOTE_STATUS_SKIPPED: "skipped",
 }
 
 
@@ -54,12 +59,17 @@ def format_completion(resp: router_pb2.CompleteResponse, *, with_text: bool = Tr
     sim = "  (SIMULATED answer: no API key for this provider)" if resp.simulated else ""
     cost = protoconv.format_money(resp.cost)
     recorded = "" if resp.usage_recorded else " (usage queued for the cost service)"
+    estimated = " (estimated: the provider reported no usage)" if resp.usage_estimated else ""
     lines = [
         f"model: {resp.model} [{resp.provider}]{sim}",
         f"  why: {resp.route_reason}",
-        f"  tokens: {resp.usage.input_tokens} in / {resp.usage.output_tokens} out; "
+        f"  tokens: {resp.usage.input_tokens} in / {resp.usage.output_tokens} out{estimated}; "
         f"cost {cost}{recorded}; latency {resp.latency_ms} ms",
     ]
+    if resp.replayed:
+        lines.append(
+            f"  replayed: the stored answer to request {resp.request_id} (no new model call)"
+        )
     if resp.HasField("input_moderation"):
         m = resp.input_moderation
         votes = sum(v.status == voter_pb2.VOTE_STATUS_OK for v in m.votes)
@@ -89,4 +99,122 @@ def format_usage(resp: cost_pb2.GetUsageSummaryResponse) -> str:
         f"{'total':<20} {resp.requests:>8} {resp.usage.input_tokens:>8} "
         f"{resp.usage.output_tokens:>8}  {totals}"
     )
+    if resp.usage.cached_input_tokens:
+        lines.append(
+            f"{resp.usage.cached_input_tokens} of the input tokens came from the providers' "
+            "prompt caches (billed at the cached-input price)"
+        )
+    if resp.estimated_requests:
+        lines.append(
+            f"{resp.estimated_requests} of the requests have estimated token counts "
+            "(the provider reported none, or the call was cut short)"
+        )
+    return "\n".join(lines)
+
+
+def _budget_lines(s: cost_pb2.BudgetStatus) -> list[str]:
+    b = s.budget
+    scope = f"{b.tenant}" + (f" / {b.model}" if b.model else " (every model)")
+    month = s.period_start.ToDatetime(tzinfo=ZoneInfo(b.time_zone or "UTC")).strftime("%Y-%m")
+    kind = "alert only" if b.alert_only else "hard limit"
+    days = (
+        f"{s.days_left:.1f} days left at this rate" if s.HasField("days_left") else "no spend yet"
+    )
+    reached = [f"{a.threshold:.0%}" for a in s.alerts if a.reached]
+    return [
+        f"{scope}: {protoconv.format_money(s.spent)} of {protoconv.format_money(b.limit)} "
+        f"({s.used:.1%}) in {month} ({b.time_zone}), {kind}",
+        f"  reserved {protoconv.format_money(s.reserved)}, "
+        f"remaining {protoconv.format_money(s.remaining)}",
+        f"  {protoconv.format_money(s.daily_rate)} a day (budget "
+        f"{protoconv.format_money(s.daily_budget)} a day); {days}; month-end projection "
+        f"{protoconv.format_money(s.projected)}",
+        "  alerts reached: "
+        + (", ".join(reached) if reached else "none")
+        + ("  EXCEEDED" if s.exceeded else ""),
+    ]
+
+
+def format_budgets(statuses: Sequence[cost_pb2.BudgetStatus]) -> str:
+    if not statuses:
+        return "no budgets"
+    return "\n".join(line for s in statuses for line in _budget_lines(s))
+
+
+def format_budget_event(status: cost_pb2.BudgetStatus, new_alerts: Sequence[float]) -> str:
+    lines = _budget_lines(status)
+    if new_alerts:
+        lines.insert(0, "ALERT: reached " + ", ".join(f"{t:.0%}" for t in new_alerts))
+    return "\n".join(lines)
+
+
+def format_report(resp: cost_pb2.GetUsageReportResponse, by: str) -> str:
+    if not resp.rows:
+        return "no usage in that range"
+    width = max(12, *(len(r.key) for r in resp.rows))
+    lines = [f"{by:<{width}} {'requests':>8} {'in':>10} {'out':>10}  cost"]
+    for r in resp.rows:
+        lines.append(
+            f"{r.key:<{width}} {r.requests:>8} {r.usage.input_tokens:>10} "
+            f"{r.usage.output_tokens:>10}  {protoconv.format_money(r.cost)}"
+        )
+    totals = "; ".join(protoconv.format_money(t) for t in resp.totals)
+    lines.append(
+        f"{'total':<{width}} {resp.requests:>8} {resp.usage.input_tokens:>10} "
+        f"{resp.usage.output_tokens:>10}  {totals}"
+    )
+    if resp.estimated_requests:
+        lines.append(f"{resp.estimated_requests} of the requests have estimated token counts")
+    return "\n".join(lines)
+
+
+def _rate(text: str) -> str:
+    """A decimal rate for people: at most 8 significant digits ("0.13698630", "7.3")."""
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        return text
+    return format(Decimal(f"{d:.8g}").normalize(), "f")
+
+
+def _per_mtok(micros: int, currency: str) -> str:
+    return protoconv.format_money(common_pb2.Money(micros=micros, currency=currency))
+
+
+def format_estimate(resp: cost_pb2.EstimateCostResponse) -> str:
+    p = resp.price
+    since = (
+        "since " + p.effective_from.ToJsonString()
+        if p.HasField("effective_from")
+        else "since the beginning"
+    )
+    money = protoconv.format_money
+    lines = [
+        f"{resp.model}: the price {since}, per million tokens: "
+        f"input {_per_mtok(p.input_micros_per_mtok, p.currency)}, "
+        f"cached input {_per_mtok(p.cached_input_micros_per_mtok, p.currency)}, "
+        f"output {_per_mtok(p.output_micros_per_mtok, p.currency)}",
+    ]
+    cost = f"  cost: {money(resp.cost)}"
+    if resp.billing_rate:
+        whose = "the provider's rate" if p.billing_rate else "the official rate"
+        cost += (
+            f" (list price {money(resp.list_cost)}, billed at {whose} of "
+            f"{_rate(resp.billing_rate)} {resp.cost.currency} per {resp.list_cost.currency})"
+        )
+    lines.append(cost)
+    if resp.HasField("official_cost"):
+        saving = resp.saving
+        how = "saving" if saving.micros >= 0 else "costing more by"
+        amount = money(common_pb2.Money(micros=abs(saving.micros), currency=saving.currency))
+        lines.append(
+            f"  at the official rate ({_rate(resp.official_rate)} {resp.official_cost.currency} "
+            f"per {resp.list_cost.currency}) it would be {money(resp.official_cost)}: "
+            f"{how} {amount}"
+        )
+    if resp.HasField("converted"):
+        lines.append(
+            f"  in {resp.converted.currency}: {money(resp.converted)} at the official rate "
+            f"({_rate(resp.conversion_rate)} {resp.converted.currency} per {resp.cost.currency})"
+        )
     return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""Request ids and loopback ports: small helpers every service (and the tests) share."""
+"""Request ids, tenants and loopback ports: small helpers every service (and the tests)
+share."""
 
 from __future__ import annotations
 
+import re
 import socket
 import uuid
 from contextlib import ExitStack
@@ -19,6 +21,25 @@ def request_id(given: str, *, limit: int) -> str:
             f"request_id must be at most {limit} printable characters",
             reason="BAD_REQUEST_ID",
             metadata={"field": "request_id"},
+        )
+    return given
+
+
+#: the tenant of a request that names none (until authentication says whose it is)
+DEFAULT_TENANT = "default"
+_TENANT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def tenant(given: str, *, field: str = "tenant", required: bool = False) -> str:
+    """A tenant name, checked (1 to 64 letters, digits, '.', '_', '-'); DEFAULT_TENANT when
+    none is given and none is required."""
+    if not given and not required:
+        return DEFAULT_TENANT
+    if not _TENANT.fullmatch(given):
+        raise InvalidArgument(
+            f"{field}: must be 1 to 64 letters, digits, '.', '_' or '-'",
+            reason="INVALID_FIELD",
+            metadata={"field": field},
         )
     return given
 

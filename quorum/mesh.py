@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import config, telemetry
 from quorum.errors import Unavailable
 from quorum.registry import OpenAIBackend, load_registry
+from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
@@ -63,6 +64,8 @@ class _Child:
     proc: subprocess.Popen[str]
     address: str
     pump: threading.Thread
+    cmd: Sequence[str] = ()
+    health: bool = True
 
 
 class Mesh:
@@ -89,6 +92,18 @@ class Mesh:
         env["QUORUM_DATA_DIR"] = str(self.options.data_dir.resolve())
         env["PYTHONUNBUFFERED"] = "1"
         return env
+
+    def _simulated_models(self) -> list[str]:
+        """The provider model ids of every OpenAI-compatible model: what the simulator serves
+        (a request for another is 404, as from a real provider)."""
+        registry = load_registry(self._config)
+        return sorted(
+            {
+                m.backend.provider_model
+                for m in registry.models.values()
+                if isinstance(m.backend, OpenAIBackend)
+            }
+        )
 
     def _needs_simulator(self) -> tuple[str, ...]:
         """Generative models that lack their API key in the environment."""
@@ -121,9 +136,18 @@ class Mesh:
         sim_url = ""
         if opts.simulator == "on" or (opts.simulator == "auto" and missing):
             port = "0" if opts.ephemeral_ports else str(self._config["simulator"]["port"])
+            served = [f"--model={m}" for m in self._simulated_models()]
             child = self._spawn(
                 "simulator",
-                [sys.executable, "-m", "quorum.simulator", "--port", port, *opts.simulator_args],
+                [
+                    sys.executable,
+                    "-m",
+                    "quorum.simulator",
+                    "--port",
+                    port,
+                    *served,
+                    *opts.simulator_args,
+                ],
                 deadline,
                 health=False,
             )
@@ -205,7 +229,7 @@ class Mesh:
             thread.join(timeout=2.0)
             out.close()
             raise
-        child = _Child(name, proc, address, thread)
+        child = _Child(name, proc, address, thread, tuple(cmd), health)
         self._children.append(child)
         self.addresses[name] = address
         if health:
@@ -241,7 +265,8 @@ class Mesh:
                 return m.group(1)
 
     def _wait_serving(self, child: _Child, log_path: Path, deadline: float) -> None:
-        with grpc.insecure_channel(child.address) as channel:
+        tls = TlsSettings.from_config(self._config, self._env())
+        with blocking_channel(child.address, tls) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 if child.proc.poll() is not None:
@@ -262,8 +287,12 @@ class Mesh:
 
     # -- stop ------------------------------------------------------------------------------
 
-    def stop(self, grace_s: float = 8.0) -> None:
-        """Stop everything started, in reverse order. Idempotent."""
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop everything started, in reverse order, each given ``grace_s`` to drain after
+        SIGTERM (by default a little more than the longest call the router or the voter
+        allows, so no call in flight is cut), then SIGKILL. Idempotent."""
+        if grace_s is None:
+            grace_s = self._drain_s()
         while self._children:
             child = self._children.pop()
             if child.proc.poll() is None:
@@ -280,6 +309,40 @@ class Mesh:
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
+
+    def restart(self, name: str, timeout_s: float = 60.0) -> None:
+        """Start the part called ``name`` again (one that stopped on its own), on the same
+        address and with the same arguments. Raises Unavailable when it does not come up."""
+        if name == "tritonserver" and self.triton is not None:
+            self.triton.stop()
+            self.triton.start(timeout_s=timeout_s)
+            return
+        (old,) = [c for c in self._children if c.name == name]
+        at = self._children.index(old)
+        if old.proc.poll() is None:
+            old.proc.kill()
+        old.proc.wait()
+        old.pump.join(timeout=2.0)
+        if old.proc.stdout is not None:
+            old.proc.stdout.close()
+        self._children.remove(old)
+        new = self._spawn(name, old.cmd, time.monotonic() + timeout_s, health=old.health)
+        self._children.remove(new)
+        self._children.insert(at, new)  # stopped in the same order as before
+
+    def exited_parts(self) -> list[tuple[str, int]]:
+        """The parts that have stopped on their own: (name, exit code)."""
+        gone = [(c.name, c.proc.returncode) for c in self._children if c.proc.poll() is not None]
+        if self.triton is not None and self.triton.returncode is not None:
+            gone.append(("tritonserver", self.triton.returncode))
+        return gone
+
+    def _drain_s(self) -> float:
+        longest = [
+            float(self._config.get(name, {}).get("max_timeout_s", 0.0))
+            for name in ("router", "voter")
+        ]
+        return max([30.0, *longest]) + 5.0
 
     def __enter__(self) -> Mesh:
         self.start()

@@ -14,6 +14,8 @@ _CATEGORY = {
     "hate": common_pb2.CATEGORY_HATE,
     "spam": common_pb2.CATEGORY_SPAM,
     "harassment": common_pb2.CATEGORY_HARASSMENT,
+    "injection": common_pb2.CATEGORY_INJECTION,
+    "self_harm": common_pb2.CATEGORY_SELF_HARM,
 }
 _CATEGORY_NAME = {v: k for k, v in _CATEGORY.items()}
 
@@ -35,7 +37,11 @@ def scores_dict(items: Iterable[common_pb2.CategoryScore]) -> dict[str, float]:
 
 
 def usage(u: TokenUsage) -> common_pb2.Usage:
-    return common_pb2.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens)
+    return common_pb2.Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_input_tokens=u.cached_input_tokens,
+    )
 
 
 def money(c: Cost) -> common_pb2.Money:

@@ -15,41 +15,84 @@ The registry is plain data built from a TOML table (see ``quorum/defaults.toml``
     name = "gpt-4.1"                    # optional; defaults to the table key
     provider = "openai"                 # or backend = "triton" + triton_model = "..."
     provider_model = "gpt-4.1"
-    input_per_mtok = "2.00"             # price per million tokens, decimal string
-    output_per_mtok = "8.00"
-    currency = "USD"
+    input_per_mtok = "2.00"             # price per million tokens, decimal string: the
+    output_per_mtok = "8.00"            # price since the beginning (both keys, or neither)
+    cached_input_per_mtok = "0.50"      # prompt-cache hits; optional, default the input price
+    currency = "USD"                    # the list currency; optional, default USD
     tasks = ["chat", "code"]
     moderation = { weight = 1.0, categories = ["violence", "adult", "hate", "spam"] }
+
+    [[models.gpt-4-1.prices]]           # later prices, oldest first, each with its date
+    effective_from = "2026-12-01T00:00:00Z"   # RFC 3339 with a zone
+    input_per_mtok = "1.50"
+    output_per_mtok = "6.00"            # (cached_input_per_mtok and currency optional)
+
+    [models.profanity-check]
+    backend = "triton"
+    triton_model = "profanity_check"    # one output SCORE, reported for every category
+    input_per_mtok = "0"                # free, and says so: a model with no price cannot
+    output_per_mtok = "0"               # be billed (PRICE_NOT_FOUND), it is never $0
+    moderation = { weight = 1.0, categories = ["harassment", "hate"], threshold = 0.5 }
+
+    [models.text-heads]
+    backend = "triton"
+    triton_model = "text_heads"
+    triton_outputs = "per_category"     # one output SCORE_<CATEGORY> per category
+    moderation = { weight = 1.0, categories = ["spam", "violence"],
+                   threshold = { spam = 0.6, violence = 0.3 } }
+
+A provider (or one model) that bills in another currency than its list prices' says so, with
+its own rate or, without one, the official rate of the day from ``[[exchange_rates]]``::
+
+    [providers.reseller]
+    base_url = "https://api.reseller.example/v1"
+    billing_currency = "CNY"            # costs of its models are recorded in CNY
+    billing_rate = "1"                  # 1 CNY per 1 USD of list price (or dated:
+                                        # [[providers.reseller.billing_rates]] rate, effective_from)
+
+    [[exchange_rates]]                  # official rates: dated data, never constants in code
+    from = "USD"
+    to = "CNY"
+    rate = "7.3"                        # CNY per USD; converts CNY to USD too, by division
+    effective_from = "2026-01-01T00:00:00Z"   # optional for a pair's first rate
+
+A Triton judge's ``threshold`` is its cut-off (a score at or above it votes unsafe): one number
+for all its categories or one per category. It is required for Triton judges (each model's
+scale is its own) and refused for LLM judges, which give their own verdict.
 
 This module is pure: it reads a mapping and an environment mapping, never the network.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from quorum import money
 from quorum.errors import FailedPrecondition, NotFound
+from quorum.money import ExchangeRate, Rates
+from quorum.pricing import Billing, Price, Pricing
 
 #: Moderation categories every verdict reports (the enum in quorum.common.v1 mirrors these).
-CATEGORIES: tuple[str, ...] = ("violence", "adult", "hate", "spam", "harassment")
+CATEGORIES: tuple[str, ...] = (
+    "violence",
+    "adult",
+    "hate",
+    "spam",
+    "harassment",
+    "injection",
+    "self_harm",
+)
 
 SIMULATOR_PROVIDER = "simulator"
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; raised at start-up, never while serving."""
-
-
-@dataclass(frozen=True)
-class Price:
-    """Price per million tokens in ``currency`` (exact decimals, never floats)."""
-
-    input_per_mtok: Decimal
-    output_per_mtok: Decimal
-    currency: str = "USD"
 
 
 JsonMode = Literal["json_schema", "json_object", "none"]
@@ -75,12 +118,21 @@ class OpenAIBackend:
     kind: Literal["openai"] = "openai"
 
 
+TritonOutputs = Literal["score", "per_category"]
+TRITON_OUTPUTS: tuple[str, ...] = ("score", "per_category")
+
+
 @dataclass(frozen=True)
 class TritonBackend:
-    """A model served by our Triton model repository (``triton/<triton_model>``)."""
+    """A model served by our Triton model repository (``triton/<triton_model>``).
+
+    ``outputs``: ``"score"``, one ``SCORE`` output that stands for every category the model
+    judges; ``"per_category"``, one ``SCORE_<CATEGORY>`` output per category.
+    """
 
     triton_model: str
     kind: Literal["triton"] = "triton"
+    outputs: TritonOutputs = "score"
 
 
 Backend = OpenAIBackend | TritonBackend
@@ -90,18 +142,32 @@ Backend = OpenAIBackend | TritonBackend
 class Moderation:
     weight: float
     categories: tuple[str, ...]
+    #: a scoring (Triton) judge's cut-off per category: a score at or above it votes
+    #: "unsafe". Required for Triton judges (each model's scale is its own, so it is measured
+    #: per model and lives here); empty for LLM judges, which give their own verdict.
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    #: the one cut-off of an entry that gives a single number for all its categories; None
+    #: for a per-category table and for LLM judges
+    threshold: float | None = None
+
+    def cutoff(self, category: str) -> float:
+        """The cut-off for ``category`` (KeyError when the judge has none)."""
+        return self.thresholds[category]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     backend: Backend
-    price: Price
+    #: its prices over time and how it is billed; no prices: it cannot be billed
+    pricing: Pricing = field(default_factory=Pricing)
     tasks: tuple[str, ...] = ()
     moderation: Moderation | None = None
     max_output_tokens: int = 1024
     #: why the model cannot be used right now (e.g. its key is not set); None when usable
     unavailable_reason: str | None = None
+    #: the brief's integer model id (its MODEL_SELECT input), when the model has one
+    model_id: int | None = None
 
     @property
     def simulated(self) -> bool:
@@ -119,6 +185,8 @@ class Registry:
     models: Mapping[str, ModelSpec]
     default_model: str
     providers: Mapping[str, Provider] = field(default_factory=dict)
+    #: the official exchange rates (``[[exchange_rates]]``)
+    rates: Rates = field(default_factory=Rates)
 
     def get(self, name: str) -> ModelSpec:
         """The model called ``name``; NotFound names the known ones."""
@@ -131,6 +199,23 @@ class Registry:
                 reason="MODEL_NOT_FOUND",
                 metadata={"model": name[:100]},
             ) from None
+
+    def by_id(self, model_id: int) -> ModelSpec:
+        """The model with the brief's integer id; NotFound (field ``model_id``) names the
+        known ids."""
+        for spec in self.models.values():
+            if spec.model_id == model_id:
+                return spec
+        known = ", ".join(
+            f"{m.model_id} = {m.name}"
+            for m in sorted(self.models.values(), key=lambda m: m.model_id or 0)
+            if m.model_id is not None
+        )
+        raise NotFound(
+            f"model_id: no model has id {model_id}; known: {known or 'none'}",
+            reason="MODEL_NOT_FOUND",
+            metadata={"field": "model_id", "model_id": str(model_id)},
+        )
 
     def usable(self, name: str) -> ModelSpec:
         """Like :meth:`get`, but FailedPrecondition when the model cannot be called now."""
@@ -180,13 +265,227 @@ class Registry:
 
 
 def _decimal(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ConfigError(f"{where}: {value!r} is not a decimal number")
     try:
-        d = Decimal(str(value))
+        d = Decimal(str(value).strip())
     except InvalidOperation:
         raise ConfigError(f"{where}: {value!r} is not a decimal number") from None
     if not d.is_finite() or d < 0:
         raise ConfigError(f"{where}: must be a finite, non-negative number")
     return d
+
+
+def _positive(value: Any, where: str) -> Decimal:
+    d = _decimal(value, where)
+    if d == 0:
+        raise ConfigError(f"{where}: must be greater than 0")
+    return d
+
+
+def _currency(value: Any, where: str) -> str:
+    code = value.strip().upper() if isinstance(value, str) else ""
+    if not money.is_currency(code):
+        raise ConfigError(f"{where}: an ISO 4217 code is required (e.g. USD), not {value!r}")
+    return code
+
+
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _instant(value: Any, where: str) -> int:
+    """An RFC 3339 date-time with a zone (a string, or a TOML offset date-time) as
+    microseconds since the epoch."""
+    if isinstance(value, str) and _RFC3339.fullmatch(value.strip()):
+        when = datetime.fromisoformat(value.strip().replace("z", "Z").replace("t", "T"))
+    elif isinstance(value, datetime) and value.tzinfo is not None:
+        when = value
+    else:
+        raise ConfigError(
+            f"{where}: {value!r} is not an RFC 3339 date-time with a zone "
+            '(e.g. "2026-12-01T00:00:00Z")'
+        )
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _table_list(value: Any, where: str) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) for t in value):
+        raise ConfigError(f"{where}: must be an array of tables ([[{where}]])")
+    return value
+
+
+def _in_order(starts: list[int | None], where: str, i: int) -> None:
+    """Check that entry ``i`` (``starts[i]``; None: undated) comes after those before it."""
+    if i == 0:
+        return
+    now, before = starts[i], starts[i - 1]
+    if now is None:
+        raise ConfigError(f"{where}.effective_from: required (only the first entry may be undated)")
+    if before is not None and now == before:
+        raise ConfigError(f"{where}.effective_from: duplicate ({money.format_instant(now)} again)")
+    if before is not None and now < before:
+        raise ConfigError(
+            f"{where}.effective_from: entries must be in increasing order "
+            f"({money.format_instant(now)} is before {money.format_instant(before)})"
+        )
+
+
+def load_rates(data: Mapping[str, Any]) -> Rates:
+    """The official exchange rates, ``[[exchange_rates]]``: ``from``, ``to``, ``rate`` (units
+    of ``to`` per unit of ``from``, a decimal) and ``effective_from`` (optional for a pair's
+    first rate). A pair's rates are listed oldest first."""
+    rates: list[ExchangeRate] = []
+    starts: dict[tuple[str, str], list[int | None]] = {}
+    for i, t in enumerate(_table_list(data.get("exchange_rates", []), "exchange_rates")):
+        where = f"exchange_rates[{i}]"
+        unknown = set(t) - {"from", "to", "rate", "effective_from"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        src = _currency(t.get("from"), f"{where}.from")
+        dst = _currency(t.get("to"), f"{where}.to")
+        if src == dst:
+            raise ConfigError(f"{where}.to: a rate from {src} to itself")
+        if "rate" not in t:
+            raise ConfigError(f"{where}.rate: required")
+        at = None
+        if "effective_from" in t:
+            at = _instant(t["effective_from"], f"{where}.effective_from")
+        series = starts.setdefault((src, dst), [])
+        series.append(at)
+        _in_order(series, where, len(series) - 1)
+        rates.append(ExchangeRate(src, dst, _positive(t["rate"], f"{where}.rate"), at))
+    return Rates(rates)
+
+
+_PRICE_KEYS = {"input_per_mtok", "output_per_mtok", "cached_input_per_mtok"}
+_DATED_PRICE_KEYS = {*_PRICE_KEYS, "currency", "effective_from"}
+_BILLING_KEYS = ("billing_currency", "billing_rate", "billing_rates")
+
+
+def _price(t: Mapping[str, Any], where: str, currency: str, at: int | None) -> Price:
+    for key in ("input_per_mtok", "output_per_mtok"):
+        if key not in t:
+            raise ConfigError(
+                f"{where}.{key}: required (a price has input_per_mtok and output_per_mtok; "
+                '"0" for a free model)'
+            )
+    cached = t.get("cached_input_per_mtok")
+    return Price(
+        input_per_mtok=_decimal(t["input_per_mtok"], f"{where}.input_per_mtok"),
+        output_per_mtok=_decimal(t["output_per_mtok"], f"{where}.output_per_mtok"),
+        currency=currency,
+        cached_input_per_mtok=(
+            None if cached is None else _decimal(cached, f"{where}.cached_input_per_mtok")
+        ),
+        effective_from_us=at,
+    )
+
+
+def _prices(m: Mapping[str, Any], where: str) -> tuple[Price, ...]:
+    """The flat keys (the price since the beginning) and then ``[[prices]]``, oldest first."""
+    currency = _currency(m.get("currency", "USD"), f"{where}.currency")
+    prices: list[Price] = []
+    if _PRICE_KEYS & set(m):
+        prices.append(_price(m, where, currency, None))
+    starts: list[int | None] = [p.effective_from_us for p in prices]
+    for i, t in enumerate(_table_list(m.get("prices", []), f"{where}.prices")):
+        w = f"{where}.prices[{i}]"
+        unknown = set(t) - _DATED_PRICE_KEYS
+        if unknown:
+            raise ConfigError(f"{w}: unknown keys {sorted(unknown)}")
+        if "effective_from" not in t:
+            raise ConfigError(f"{w}.effective_from: required")
+        at = _instant(t["effective_from"], f"{w}.effective_from")
+        starts.append(at)
+        _in_order(starts, w, len(starts) - 1)
+        entry_currency = _currency(t.get("currency", currency), f"{w}.currency")
+        prices.append(_price(t, w, entry_currency, at))
+    return tuple(prices)
+
+
+@dataclass(frozen=True)
+class _BillingTerms:
+    """``billing_currency`` and the provider's own rate(s), as configured (not yet tied to a
+    list currency)."""
+
+    currency: str
+    #: (rate, effective_from_us) oldest first; None: the official rate of the day
+    rates: tuple[tuple[Decimal, int | None], ...] | None
+    where: str
+
+
+def _billing_terms(t: Mapping[str, Any], where: str) -> _BillingTerms | None:
+    if not any(k in t for k in _BILLING_KEYS):
+        return None
+    if "billing_currency" not in t:
+        raise ConfigError(f"{where}.billing_currency: required with a billing rate")
+    currency = _currency(t["billing_currency"], f"{where}.billing_currency")
+    if "billing_rate" in t and "billing_rates" in t:
+        raise ConfigError(f"{where}.billing_rates: give billing_rate or billing_rates, not both")
+    rates: tuple[tuple[Decimal, int | None], ...] | None = None
+    if "billing_rate" in t:
+        rates = ((_positive(t["billing_rate"], f"{where}.billing_rate"), None),)
+    elif "billing_rates" in t:
+        found: list[tuple[Decimal, int | None]] = []
+        starts: list[int | None] = []
+        for i, r in enumerate(_table_list(t["billing_rates"], f"{where}.billing_rates")):
+            w = f"{where}.billing_rates[{i}]"
+            unknown = set(r) - {"rate", "effective_from"}
+            if unknown:
+                raise ConfigError(f"{w}: unknown keys {sorted(unknown)}")
+            if "rate" not in r:
+                raise ConfigError(f"{w}.rate: required")
+            at = None
+            if "effective_from" in r:
+                at = _instant(r["effective_from"], f"{w}.effective_from")
+            starts.append(at)
+            _in_order(starts, w, i)
+            found.append((_positive(r["rate"], f"{w}.rate"), at))
+        if not found:
+            raise ConfigError(f"{where}.billing_rates: at least one rate is required")
+        rates = tuple(found)
+    return _BillingTerms(currency, rates, where)
+
+
+def _pricing(
+    prices: tuple[Price, ...], terms: _BillingTerms | None, rates: Rates, where: str
+) -> Pricing:
+    """The model's prices and, when its provider bills in another currency, how."""
+    if terms is None or not prices:
+        return Pricing(prices)
+    listed = sorted({p.currency for p in prices})
+    if terms.rates is None:
+        for currency in listed:
+            if not rates.knows(currency, terms.currency):
+                raise ConfigError(
+                    f"{terms.where}.billing_currency: no [[exchange_rates]] rate converts "
+                    f"{currency} (the list currency of {where}) into {terms.currency}; "
+                    "add one, or give the provider's own billing_rate"
+                )
+        return Pricing(prices, Billing(terms.currency))
+    if len(listed) > 1:
+        raise ConfigError(
+            f"{terms.where}.billing_rate: {where} is listed in several currencies "
+            f"({', '.join(listed)}); one billing rate cannot convert them all"
+        )
+    if listed[0] == terms.currency:
+        if terms.where == where:
+            raise ConfigError(
+                f"{where}.billing_rate: the model is listed in {terms.currency} already"
+            )
+        return Pricing(prices)  # the provider bills in this model's list currency
+    first_rate, first_price = terms.rates[0][1], prices[0].effective_from_us
+    if first_rate is not None and (first_price is None or first_rate > first_price):
+        raise ConfigError(
+            f"{terms.where}.billing_rates[0].effective_from: the provider's rate must be in "
+            f"effect from {where}'s first price on (undated, or no later than it)"
+        )
+    own = Rates(ExchangeRate(listed[0], terms.currency, r, at) for r, at in terms.rates)
+    return Pricing(prices, Billing(terms.currency, own))
 
 
 def _str(table: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
@@ -196,20 +495,72 @@ def _str(table: Mapping[str, Any], key: str, where: str, default: str | None = N
     return value
 
 
+def _unit(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: {value!r} is not a number in [0, 1]")
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ConfigError(f"{where}: {value!r} is not a number in [0, 1]")
+    return float(value)
+
+
+def _thresholds(
+    mod: Mapping[str, Any], cats: tuple[str, ...], where: str, *, triton: bool
+) -> dict[str, float]:
+    value = mod.get("threshold")
+    if not triton:
+        if value is not None:
+            raise ConfigError(
+                f"{where}.threshold: only a Triton judge takes a cut-off "
+                "(an LLM judge gives its own verdict)"
+            )
+        return {}
+    if value is None:
+        raise ConfigError(
+            f"{where}.threshold: a Triton judge needs its safe/unsafe cut-off, a number in "
+            "[0, 1] or a table of one per category (a score at or above it votes unsafe)"
+        )
+    if not isinstance(value, Mapping):
+        cutoff = _unit(value, f"{where}.threshold")
+        return dict.fromkeys(cats, cutoff)
+    missing = [c for c in cats if c not in value]
+    extra = sorted(set(value) - set(cats))
+    if missing or extra:
+        raise ConfigError(
+            f"{where}.threshold: needs exactly one cut-off per category "
+            f"(missing {missing}, not judged {extra})"
+        )
+    return {c: _unit(value[c], f"{where}.threshold.{c}") for c in cats}
+
+
+_PROVIDER_KEYS = {"base_url", "api_key_env", "simulated", "json_mode", *_BILLING_KEYS}
 _MODEL_KEYS = {
-    "name", "provider", "provider_model", "backend", "triton_model", "input_per_mtok",
-    "output_per_mtok", "currency", "tasks", "moderation", "max_output_tokens",
+    "name", "provider", "provider_model", "backend", "triton_model", "triton_outputs",
+    "input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "currency", "prices",
+    *_BILLING_KEYS, "tasks", "moderation", "max_output_tokens", "model_id",
 }  # fmt: skip
 
 
 def load_registry(data: Mapping[str, Any]) -> Registry:
     """Build and validate a registry from parsed configuration (``[providers]``, ``[models]``,
-    ``[registry] default_model``). Raises ConfigError naming the bad entry."""
+    ``[[exchange_rates]]``, ``[registry] default_model``). Raises ConfigError naming the bad
+    entry."""
+    rates = load_rates(data)
     providers: dict[str, Provider] = {}
+    provider_billing: dict[str, _BillingTerms | None] = {}
     for pname, p in dict(data.get("providers", {})).items():
         where = f"providers.{pname}"
         if not isinstance(p, Mapping):
             raise ConfigError(f"{where}: must be a table")
+        unknown = set(p) - _PROVIDER_KEYS
+        if unknown:
+            hint = " (keys come from the environment: api_key_env)" if "api_key" in p else ""
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}{hint}")
+        base_url = _str(p, "base_url", where).rstrip("/")
+        if not base_url.startswith(("http://", "https://")) or base_url.endswith("://"):
+            raise ConfigError(
+                f"{where}.base_url: an http:// or https:// URL such as "
+                f"https://api.example.com/v1, not {base_url[:60]!r}"
+            )
         key_env = p.get("api_key_env")
         if key_env is not None and (not isinstance(key_env, str) or not key_env):
             raise ConfigError(f"{where}.api_key_env: must be the name of a variable")
@@ -218,11 +569,12 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
             raise ConfigError(f"{where}.json_mode: one of {', '.join(JSON_MODES)}")
         providers[pname] = Provider(
             name=pname,
-            base_url=_str(p, "base_url", where).rstrip("/"),
+            base_url=base_url,
             api_key_env=key_env,
             simulated=bool(p.get("simulated", False)),
             json_mode=json_mode,
         )
+        provider_billing[pname] = _billing_terms(p, where)
 
     models: dict[str, ModelSpec] = {}
     for key, m in dict(data.get("models", {})).items():
@@ -236,7 +588,10 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
         backend: Backend
         kind = m.get("backend", "triton" if "triton_model" in m else "openai")
         if kind == "triton":
-            backend = TritonBackend(triton_model=_str(m, "triton_model", where))
+            outputs = m.get("triton_outputs", "score")
+            if outputs not in TRITON_OUTPUTS:
+                raise ConfigError(f"{where}.triton_outputs: one of {', '.join(TRITON_OUTPUTS)}")
+            backend = TritonBackend(triton_model=_str(m, "triton_model", where), outputs=outputs)
         elif kind == "openai":
             pname = _str(m, "provider", where)
             if pname not in providers:
@@ -247,18 +602,18 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
             )
         else:
             raise ConfigError(f"{where}.backend: must be 'openai' or 'triton', not {kind!r}")
-        price = Price(
-            input_per_mtok=_decimal(m.get("input_per_mtok", 0), f"{where}.input_per_mtok"),
-            output_per_mtok=_decimal(m.get("output_per_mtok", 0), f"{where}.output_per_mtok"),
-            currency=_str(m, "currency", where, default="USD").upper(),
-        )
-        if len(price.currency) != 3 or not price.currency.isalpha():
-            raise ConfigError(f"{where}.currency: an ISO 4217 code is required")
+        terms = _billing_terms(m, where)
+        if terms is None and isinstance(backend, OpenAIBackend):
+            terms = provider_billing[backend.provider.name]
+        pricing = _pricing(_prices(m, where), terms, rates, where)
         moderation = None
         if "moderation" in m:
             mod = m["moderation"]
             if not isinstance(mod, Mapping):
                 raise ConfigError(f"{where}.moderation: must be a table")
+            unknown = set(mod) - {"weight", "categories", "threshold"}
+            if unknown:
+                raise ConfigError(f"{where}.moderation: unknown keys {sorted(unknown)}")
             weight = float(mod.get("weight", 1.0))
             if not weight > 0:
                 raise ConfigError(f"{where}.moderation.weight: must be > 0")
@@ -268,23 +623,40 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
                 raise ConfigError(
                     f"{where}.moderation.categories: choose one or more of {list(CATEGORIES)}"
                 )
-            moderation = Moderation(weight=weight, categories=cats)
+            thresholds = _thresholds(mod, cats, f"{where}.moderation", triton=kind == "triton")
+            single = mod.get("threshold")
+            moderation = Moderation(
+                weight=weight,
+                categories=cats,
+                thresholds=thresholds,
+                threshold=(
+                    float(single) if thresholds and isinstance(single, int | float) else None
+                ),
+            )
         max_out = int(m.get("max_output_tokens", 1024))
         if max_out <= 0:
             raise ConfigError(f"{where}.max_output_tokens: must be > 0")
         if name in models:
             raise ConfigError(f"{where}: model name {name!r} is used twice")
+        model_id = m.get("model_id")
+        if model_id is not None:
+            if isinstance(model_id, bool) or not isinstance(model_id, int) or model_id < 0:
+                raise ConfigError(f"{where}.model_id: an integer >= 0")
+            taken = [n for n, spec in models.items() if spec.model_id == model_id]
+            if taken:
+                raise ConfigError(f"{where}.model_id: {model_id} is {taken[0]!r}'s already")
         models[name] = ModelSpec(
             name=name,
             backend=backend,
-            price=price,
+            pricing=pricing,
             tasks=tuple(str(t) for t in m.get("tasks", ())),
             moderation=moderation,
             max_output_tokens=max_out,
+            model_id=model_id,
         )
 
     reg = dict(data.get("registry", {}))
     default_model = str(reg.get("default_model", ""))
     if default_model and default_model not in models:
         raise ConfigError(f"registry.default_model: no model named {default_model!r}")
-    return Registry(models=models, default_model=default_model, providers=providers)
+    return Registry(models=models, default_model=default_model, providers=providers, rates=rates)

@@ -25,6 +25,10 @@ from quorum.server import HealthMonitor, serve_until_signal
 
 log = logging.getLogger(__name__)
 
+#: the drain of a service whose settings name no longest deadline (the cost service's own
+#: bound on a call is 30 s)
+DEFAULT_GRACE_S = 30.0
+
 S = TypeVar("S")
 Created = tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]
 
@@ -94,4 +98,6 @@ async def _serve(service: str, settings: S, create: Callable[[S], Awaitable[Crea
         print(f"{service} listening on {host}:{port}", flush=True)
         log.info("listening on %s:%d", host, port)
 
-    await serve_until_signal(server, monitor, on_stop=close, on_ready=announce)
+    # a call in flight may run for as long as the service allows one to: let it finish
+    grace_s = float(getattr(settings, "max_timeout_s", DEFAULT_GRACE_S)) + 1.0
+    await serve_until_signal(server, monitor, grace_s=grace_s, on_stop=close, on_ready=announce)

@@ -11,7 +11,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from quorum.auth import AuthSettings
+from quorum.authgrpc import server_interceptors
+from quorum.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +31,21 @@ def create_server(
     address: str,
     register: Register,
     service_names: Sequence[str],
+    *,
+    auth: AuthSettings | None = None,
+    tls: TlsSettings | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our services (added by ``register``), reflection and health, bound to
-    ``address`` ("127.0.0.1:0" picks a free port). Run the HealthMonitor's first
-    :meth:`HealthMonitor.update` before starting the server, so health is never SERVING
-    before the dependencies have been checked."""
+    ``address`` ("127.0.0.1:0" picks a free port), with TLS when ``tls`` is enabled
+    (:mod:`quorum.tls`), every call identified by its API key
+    (:mod:`quorum.authgrpc`). Without keys (``auth`` off or None) only a loopback address is
+    allowed (ConfigError otherwise). Run the HealthMonitor's first :meth:`HealthMonitor.update`
+    before starting the server, so health is never SERVING before the dependencies have been
+    checked."""
+    auth = auth or AuthSettings()
+    auth.check_bind(address, "the listening address")
     server = grpc.aio.server(
+        interceptors=server_interceptors(auth),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -48,10 +62,31 @@ def create_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(address)
+    _serve_reflection_v1(names, server)
+    if tls is not None and tls.enabled:
+        port = server.add_secure_port(address, tls.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
+
+
+#: the current name of the reflection service; grpcio-reflection serves only v1alpha, whose
+#: messages are the same on the wire, so the same servicer answers under both names
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _serve_reflection_v1(names: Sequence[str], server: grpc.aio.Server) -> None:
+    servicer = reflection_aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
 
 
 class HealthMonitor:

@@ -21,12 +21,22 @@ Endpoints
 ``GET /_simulator/requests`` / ``DELETE``
     The recorded ``/v1/*`` requests (``{"requests": [{"method", "path", "model",
     "has_authorization", "traceparent", "body"}]}``) or forget them.
+``GET /_simulator/stats`` / ``DELETE``
+    What a real provider would bill: ``{"completions", "prompt_tokens",
+    "completion_tokens", "cached_tokens"}`` over every chat completion it began to answer with
+    200 (unary or stream, a stream later cut off or abandoned included; errors, hangs and bad
+    bodies are not answers), or reset them.
 
 Rules the answers follow (deterministic, so tests can rely on them)
 ------------------------------------------------------------------
 * Tokens: :func:`count_tokens` -- one token per 4 characters, rounded up (``""`` is 0,
   anything else at least 1). ``prompt_tokens`` is the sum over the message contents;
   ``completion_tokens`` is ``count_tokens(content)`` of the returned content.
+* Prompt cache: like OpenAI, ``usage.prompt_tokens_details.cached_tokens`` says how much of
+  the prompt was served from the cache. The simulated cache holds, per model, every leading
+  run of messages (``messages[:k]``) of the prompts it answered; a new prompt's cached tokens
+  are the tokens of its longest such run, when that reaches ``prompt_cache_min_tokens``
+  (OpenAI's 1024 by default), else 0. Errors and hangs cache nothing.
 * Chat answers: ``[simulated <model>] `` followed by a templated reply that echoes the first
   words of the last user message. ``max_tokens`` (or ``max_completion_tokens``) bounds the
   part after the label (``max_tokens * 4`` characters); the label itself is never cut, so a
@@ -53,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -63,7 +74,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,8 +85,10 @@ from quorum.signals import StopSignals
 
 logger = logging.getLogger(__name__)
 
-#: A fake secret that every simulated error body contains; it must never leave an adapter.
-LEAK_MARKER = "sk-sim-LEAKCHECK"
+#: A marker every simulated error body contains: nothing of a provider's error body may leave
+#: an adapter, and tests look for it (it is not shaped like a key, so no scanner takes the
+#: simulator's answers for a leaked secret).
+LEAK_MARKER = "SIMULATOR-LEAK-MARKER"
 SYSTEM_FINGERPRINT = "quorum-simulator"
 #: Largest request body accepted; larger ones get 413.
 MAX_BODY_BYTES = 1024 * 1024
@@ -85,6 +98,10 @@ _DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 MAX_HANG_S = 300.0
 #: How many requests :attr:`ProviderSimulator.requests` keeps (oldest dropped first).
 MAX_RECORDED_REQUESTS = 1000
+#: OpenAI caches prompts of at least this many tokens; so does the simulator, by default
+DEFAULT_PROMPT_CACHE_MIN_TOKENS = 1024
+#: how many message prefixes the simulated prompt cache keeps (least recently used go first)
+MAX_CACHED_PREFIXES = 10_000
 CHARS_PER_TOKEN = 4
 KNOWN_MODELS: tuple[str, ...] = (
     "gpt-4.1",
@@ -102,6 +119,7 @@ FaultKind = Literal[
     "bad_body",
     "cut_stream",
     "no_usage",
+    "obedient",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
@@ -112,6 +130,14 @@ JUDGE_KEYWORDS: Mapping[str, tuple[str, ...]] = {
     "hate": ("hate", "racist", "subhuman", "inferior race", "nazi", "bigot", "slur"),
     "spam": ("buy now", "click here", "free money", "limited offer", "winner", "discount"),
     "harassment": ("idiot", "stupid", "loser", "shut up", "worthless", "nobody likes you"),
+    "injection": (
+        "ignore previous instructions",
+        "ignore all previous instructions",
+        "system prompt",
+        "jailbreak",
+        "developer mode",
+    ),
+    "self_harm": ("kill myself", "suicide", "self-harm", "cut myself", "end my life"),
 }
 _KEYWORD_RES: Mapping[str, re.Pattern[str]] = {
     cat: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
@@ -152,6 +178,16 @@ def judge(text: str) -> dict[str, Any]:
     }
 
 
+#: what an ``obedient`` judge is talked into
+_OBEY_RE = re.compile(r"ignore (the|all|any) (above|previous)|answer safe|is_safe\W+true", re.I)
+OBEYED_VERDICT: dict[str, Any] = {
+    "is_safe": True,
+    "confidence": 0.99,
+    "categories": dict.fromkeys(JUDGE_KEYWORDS, 0.01),
+    "reason": "simulated obedient judge: did as the text said",
+}
+
+
 @dataclass(frozen=True)
 class Fault:
     """A failure to inject into ``/v1/chat/completions`` for ``model`` (``"*"``: every model).
@@ -169,6 +205,9 @@ class Fault:
       ``cut_stream``        streams: close after ``after_chunks`` SSE events, without
                             ``[DONE]``; unary: close after half of the promised body
       ``no_usage``          a normal answer without any ``usage`` block (unary or stream)
+      ``obedient``          judge mode: a judge that follows instructions inside the text it
+                            judges (a prompt-injection victim): a text that says "ignore the
+                            above", "answer safe" or "is_safe true" gets an all-safe verdict
 
     ``times`` is how many matching requests it applies to (None: all of them). Faults are
     tried in the order they were added; the first that matches wins.
@@ -276,9 +315,15 @@ class ProviderSimulator:
         token_delay_s: float = 0.0,
         api_key: str | None = None,
         faults: Sequence[Fault] = (),
+        prompt_cache_min_tokens: int = DEFAULT_PROMPT_CACHE_MIN_TOKENS,
+        models: Sequence[str] | None = None,
     ) -> None:
+        """``models``: the model ids it serves (another is 404 ``model_not_found``, as a real
+        provider answers); None serves any model."""
         if latency_s < 0 or token_delay_s < 0:
             raise ValueError("latency_s and token_delay_s must be >= 0")
+        if prompt_cache_min_tokens < 1:
+            raise ValueError("prompt_cache_min_tokens must be >= 1")
         if api_key is not None and not api_key:
             raise ValueError("api_key must be None (no key required) or a non-empty string")
         self._host = host
@@ -286,9 +331,18 @@ class ProviderSimulator:
         self.latency_s = latency_s
         self.token_delay_s = token_delay_s
         self._api_key = api_key
+        self.models: frozenset[str] | None = None if models is None else frozenset(models)
         self._lock = threading.Lock()
         self._faults: list[_ActiveFault] = [_ActiveFault(f) for f in faults]
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED_REQUESTS)
+        self._billed = {
+            "completions": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+        }
+        self.prompt_cache_min_tokens = prompt_cache_min_tokens
+        self._prompt_cache: OrderedDict[str, None] = OrderedDict()
         self._models_seen: dict[str, None] = dict.fromkeys(KNOWN_MODELS)
         self._stopping = threading.Event()
         self._server: _Server | None = None
@@ -375,6 +429,46 @@ class ProviderSimulator:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """What a real provider would bill so far (see ``GET /_simulator/stats``)."""
+        with self._lock:
+            return dict(self._billed)
+
+    def clear_stats(self) -> None:
+        with self._lock:
+            for key in self._billed:
+                self._billed[key] = 0
+
+    def clear_prompt_cache(self) -> None:
+        with self._lock:
+            self._prompt_cache.clear()
+
+    def _bill(self, usage: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._billed["completions"] += 1
+            self._billed["prompt_tokens"] += usage["prompt_tokens"]
+            self._billed["completion_tokens"] += usage["completion_tokens"]
+            self._billed["cached_tokens"] += usage["prompt_tokens_details"]["cached_tokens"]
+
+    def _cached_tokens(self, model: str, messages: Sequence[Any], tokens: Sequence[int]) -> int:
+        """Tokens of the longest leading run of ``messages`` an earlier prompt to ``model``
+        began with (0 under ``prompt_cache_min_tokens``); then remembers this prompt's."""
+        keys = []
+        digest = hashlib.sha256(model.encode())
+        for m in messages:
+            digest.update(json.dumps(m, sort_keys=True).encode() + b"\0")
+            keys.append(digest.copy().hexdigest())
+        with self._lock:
+            hit = max((k + 1 for k, key in enumerate(keys) if key in self._prompt_cache), default=0)
+            for key in keys:
+                self._prompt_cache[key] = None
+                self._prompt_cache.move_to_end(key)
+            while len(self._prompt_cache) > MAX_CACHED_PREFIXES:
+                self._prompt_cache.popitem(last=False)
+        cached = sum(tokens[:hit])
+        return cached if cached >= self.prompt_cache_min_tokens else 0
 
     # -- used by the handler ---------------------------------------------------------------
 
@@ -474,7 +568,7 @@ def _error_body(status: int, message: str) -> dict[str, Any]:
     )
     return {
         "error": {
-            "message": f"{message} (simulated; debug token {LEAK_MARKER}-0000)",
+            "message": f"{message} (simulated; {LEAK_MARKER})",
             "type": etype,
             "param": None,
             "code": code,
@@ -620,6 +714,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"requests": [r.to_json() for r in self.sim.requests]})
         elif path == "/_simulator/faults":
             self._send_json(200, {"faults": self.sim.faults})
+        elif path == "/_simulator/stats":
+            self._send_json(200, self.sim.stats)
         else:
             self._send_error_json(404, f"no route GET {path}")
 
@@ -633,6 +729,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/_simulator/requests":
             self.sim.clear_requests()
             self._send_json(200, {"requests": []})
+        elif path == "/_simulator/stats":
+            self.sim.clear_stats()
+            self._send_json(200, self.sim.stats)
         else:
             self._send_error_json(404, f"no route DELETE {path}")
 
@@ -700,6 +799,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sim = self.sim
         assert isinstance(model, str)
+        if sim.models is not None and model not in sim.models:
+            self._send_error_json(404, f"The model '{model[:100]}' does not exist")
+            return
         fault = sim._take_fault(model)
         if fault is not None and fault.kind == "hang":
             sim._sleep(fault.seconds)
@@ -725,11 +827,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         content, finish = _content(body, model, fault)
         messages = body["messages"]
-        usage = {
-            "prompt_tokens": sum(count_tokens(_message_text(m.get("content"))) for m in messages),
+        tokens = [count_tokens(_message_text(m.get("content"))) for m in messages]
+        usage: dict[str, Any] = {
+            "prompt_tokens": sum(tokens),
             "completion_tokens": count_tokens(content),
+            "total_tokens": sum(tokens) + count_tokens(content),
+            "prompt_tokens_details": {"cached_tokens": sim._cached_tokens(model, messages, tokens)},
         }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        sim._bill(usage)
         cut = fault is not None and fault.kind == "cut_stream"
         no_usage = fault is not None and fault.kind == "no_usage"
         if stream:
@@ -773,7 +878,7 @@ class _Handler(BaseHTTPRequestHandler):
         model: str,
         content: str,
         finish: str,
-        usage: dict[str, int] | None,
+        usage: dict[str, Any] | None,
         cut_after: int | None,
     ) -> None:
         sim = self.sim
@@ -862,6 +967,58 @@ def _is_judge(body: Mapping[str, Any]) -> bool:
     )
 
 
+def _other_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The JSON schema a non-judge request asks its answer to follow, if any."""
+    rf = body.get("response_format")
+    if not isinstance(rf, dict) or rf.get("type") != "json_schema":
+        return None
+    spec = rf.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def example_of(schema: Mapping[str, Any], text: str, defs: Mapping[str, Any] | None = None,
+               depth: int = 0) -> Any:  # fmt: skip
+    """A value that validates against ``schema`` (the subset structured outputs use: objects
+    with properties, arrays, strings, numbers, integers, booleans, enums, ``anyOf``,
+    ``$ref`` into ``$defs``), deterministic in ``text``."""
+    defs = {**(defs or {}), **schema.get("$defs", {}), **schema.get("definitions", {})}
+    if depth > 8:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
+        return example_of(defs[ref.rsplit("/", 1)[-1]], text, defs, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return example_of(schema[key][0], text, defs, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {k: example_of(v, text, defs, depth + 1) for k, v in props.items()}
+    if kind == "array":
+        items = schema.get("items", {})
+        n = max(int(schema.get("minItems", 1)), 1)
+        return [example_of(items, text, defs, depth + 1) for _ in range(n)]
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    value = f"simulated: {_summary(text)}" if text else "simulated"
+    low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
+    value = value.ljust(low, ".")
+    return value[: int(high)] if isinstance(high, int) else value
+
+
 def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[str, str]:
     """The answer's content and finish_reason, deterministic in the request."""
     messages = body["messages"]
@@ -873,7 +1030,8 @@ def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[
     max_chars = limit * CHARS_PER_TOKEN if isinstance(limit, int) else None
     kind = fault.kind if fault is not None else None
     if kind in ("malformed_json", "code_fenced_json") or _is_judge(body):
-        verdict = json.dumps(judge(last_user))
+        obeyed = kind == "obedient" and _OBEY_RE.search(last_user) is not None
+        verdict = json.dumps(OBEYED_VERDICT if obeyed else judge(last_user))
         if kind == "malformed_json":
             return verdict[: len(verdict) // 2], "stop"
         if kind == "code_fenced_json":
@@ -881,10 +1039,13 @@ def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[
         if max_chars is not None and len(verdict) > max_chars:
             return verdict[:max_chars], "length"
         return verdict, "stop"
+    schema = _other_schema(body)
+    if schema is not None:  # any other JSON schema: a value that validates against it
+        return json.dumps(example_of(schema, last_user)), "stop"
     words = len(last_user.split())
     if words:
         reply = (
-            f'You asked about "{_summary(last_user)}" ({words} words). '
+            f'You asked about "{_summary(last_user)}" ({words} word{"s" if words > 1 else ""}). '
             "This is a simulated reply from the Quorum provider simulator; no language model "
             "was called."
         )
@@ -907,6 +1068,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.0, help="base latency, seconds")
     parser.add_argument("--token-delay", type=float, default=0.0, help="per streamed token, s")
     parser.add_argument(
+        "--prompt-cache-min-tokens",
+        type=int,
+        default=DEFAULT_PROMPT_CACHE_MIN_TOKENS,
+        help="the shortest prompt prefix the simulated prompt cache serves",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="a model id it serves (repeatable; another is 404); default: any model",
+    )
+    parser.add_argument(
         "--api-key-env",
         default=None,
         help="name of an environment variable holding the key clients must send",
@@ -924,6 +1096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_s=args.latency,
         token_delay_s=args.token_delay,
         api_key=api_key,
+        prompt_cache_min_tokens=args.prompt_cache_min_tokens,
+        models=args.model,
     )
     try:
         sim.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -20,8 +21,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 log = logging.getLogger(__name__)
 
-_HEALTH = "/grpc.health.v1.Health/"
-_REFLECTION = "/grpc.reflection.v1"
+#: service names (without the leading slash: the filters compare the service part)
+_HEALTH = "grpc.health.v1.Health"
+_REFLECTION = "grpc.reflection."
+#: Triton's liveness and readiness polls (the voter's health monitor): not worth a trace each
+_TRITON_POLLS = (
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+)
 
 
 def export_enabled(env: Mapping[str, str]) -> bool:
@@ -82,17 +90,28 @@ def setup_client(service: str, env: Mapping[str, str] | None = None) -> Callable
     return shutdown
 
 
+def traced() -> Any:
+    """The gRPC instrumentation's filter: every call but health checks, reflection and
+    Triton's readiness polls (they would bury the traces that matter)."""
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(
+        filters.any_of(
+            filters.service_name(_HEALTH),
+            filters.service_prefix(_REFLECTION),
+            *(filters.full_method_name(m) for m in _TRITON_POLLS),
+        )
+    )
+
+
 def _instrument() -> None:
     from opentelemetry.instrumentation.grpc import (
         GrpcAioInstrumentorClient,
         GrpcAioInstrumentorServer,
-        filters,
     )
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    skip = filters.negate(
-        filters.any_of(filters.method_prefix(_HEALTH), filters.method_prefix(_REFLECTION))
-    )
-    GrpcAioInstrumentorServer().instrument(filter_=skip)
-    GrpcAioInstrumentorClient().instrument(filter_=skip)
+    # the filter goes to the constructor: instrument() ignores a filter_ argument
+    GrpcAioInstrumentorServer(filter_=traced()).instrument()
+    GrpcAioInstrumentorClient(filter_=traced()).instrument()
     HTTPXClientInstrumentor().instrument()

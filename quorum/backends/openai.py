@@ -31,6 +31,9 @@ error has ``metadata`` ``provider``, ``model`` and, when a response arrived, ``h
     ===========================================  ==================  ============================
 
 A response without ``usage`` is not estimated: usage is zero and ``usage_reported`` is False.
+The part of the input served from the provider's prompt cache is read from
+``usage.prompt_tokens_details.cached_tokens`` (OpenAI's field) or, without it, DeepSeek's
+``usage.prompt_cache_hit_tokens``; it is never more than ``prompt_tokens``.
 Each call is one CLIENT span ``chat <provider_model>`` with the OpenTelemetry GenAI attributes;
 the W3C trace context is injected into the request headers explicitly, so it reaches the
 provider whether or not httpx auto-instrumentation is on.
@@ -42,7 +45,7 @@ import asyncio
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -162,7 +165,7 @@ class OpenAIChat:
 
     def stream(
         self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
-    ) -> AsyncIterator[ChatChunk]:
+    ) -> AsyncGenerator[ChatChunk, None]:
         """Stream a chat completion over SSE, bounded by ``timeout_s`` for the whole stream.
 
         Yields a chunk per content delta, then a last chunk (``delta == ""``) with usage,
@@ -222,7 +225,7 @@ class OpenAIChat:
     ) -> httpx.Response:
         """Send the request and return the streaming response (caller closes it)."""
         if timeout_s <= 0:
-            raise call.error(DeadlineExceeded, "no time left for the call", "PROVIDER_TIMEOUT")
+            raise call.error(DeadlineExceeded, "no time left for the call", "NO_TIME_LEFT")
         try:
             req = self._client.build_request(
                 "POST", call.url, json=payload, headers=headers, timeout=_http_timeout(timeout_s)
@@ -253,7 +256,7 @@ class OpenAIChat:
         try:
             call.status = response.status_code
             if response.status_code != 200:
-                raise call.status_error(response)
+                raise await _status_error(call, response, deadline)
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
                 raise call.bad_response(f"body over {MAX_RESPONSE_BYTES} bytes")
@@ -276,7 +279,7 @@ class OpenAIChat:
 
     async def _stream(
         self, backend: OpenAIBackend, request: ChatRequest, timeout_s: float
-    ) -> AsyncIterator[ChatChunk]:
+    ) -> AsyncGenerator[ChatChunk, None]:
         call = _Call(backend)
         headers = self._headers(call)
         payload = _payload(backend, request, stream=True)
@@ -290,7 +293,7 @@ class OpenAIChat:
                 response = await self._send(call, headers, payload, timeout_s, deadline)
             call.status = response.status_code
             if response.status_code != 200:
-                raise call.status_error(response)
+                raise await _status_error(call, response, deadline)
             ctype = response.headers.get("Content-Type", "")
             if not ctype.lower().startswith("text/event-stream"):
                 raise call.bad_response("a stream that is not text/event-stream")
@@ -329,8 +332,7 @@ class OpenAIChat:
                         raise call.error(
                             Unavailable, "the stream reported an error", "PROVIDER_ERROR"
                         )
-                    if isinstance(obj.get("model"), str) and obj["model"]:
-                        model = obj["model"]
+                    model = label(obj.get("model")) or model
                     if obj.get("usage") is not None:
                         usage = _usage(call, obj["usage"])
                     delta, fr = _stream_choice(call, obj)
@@ -442,6 +444,46 @@ class _Call:
         return self.bad_response("unexpected status")
 
 
+#: provider error codes (OpenAI's ``error.code``, llama.cpp's ``error.type``, ...) that mean
+#: the prompt and max_tokens do not fit the model's context
+CONTEXT_CODES = frozenset(
+    {"context_length_exceeded", "exceed_context_size_error", "string_above_max_length"}
+)
+#: how much of a refused request's body is read for its error code (never for its message)
+MAX_ERROR_BODY_BYTES = 16 * 1024
+
+
+async def _status_error(call: _Call, response: httpx.Response, deadline: float) -> QuorumError:
+    """:meth:`_Call.status_error`, except that a refused request (400, 413, 422) whose body
+    names a context-overflow code is CONTEXT_LENGTH_EXCEEDED. Only the code is read from
+    the body (cut to safe characters); its message, which may echo anything, never is."""
+    if response.status_code in (400, 413, 422):
+        code = await _error_code(response, deadline)
+        if code in CONTEXT_CODES:
+            return call.error(
+                InvalidArgument,
+                "the prompt and max_tokens do not fit the model's context window",
+                "CONTEXT_LENGTH_EXCEEDED",
+            )
+    return call.status_error(response)
+
+
+async def _error_code(response: httpx.Response, deadline: float) -> str:
+    body = bytearray()
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for data in response.aiter_bytes():
+                body += data
+                if len(body) > MAX_ERROR_BODY_BYTES:
+                    return ""
+        err = json.loads(bytes(body)).get("error")
+    except (TimeoutError, httpx.HTTPError, ValueError, AttributeError):
+        return ""
+    if not isinstance(err, dict):
+        return ""
+    return label(err.get("code")) or label(err.get("type"))
+
+
 class _SSEDecoder:
     """Incremental ``text/event-stream`` decoder: yields each event's joined ``data``."""
 
@@ -502,21 +544,34 @@ def _json_object(call: _Call, raw: bytes | str) -> dict[str, Any]:
     return obj
 
 
-def _count(call: _Call, usage: Mapping[str, Any], key: str) -> int:
+def _count(call: _Call, usage: Mapping[str, Any], key: str, where: str = "usage") -> int:
     value = usage.get(key, 0)
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise call.bad_response(f"usage.{key} is not a count")
+        raise call.bad_response(f"{where}.{key} is not a count")
     return value
+
+
+def _cached(call: _Call, usage: Mapping[str, Any]) -> int:
+    """Input tokens served from the provider's prompt cache (0 when it says nothing)."""
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and details.get("cached_tokens") is not None:
+        return _count(call, details, "cached_tokens", "usage.prompt_tokens_details")
+    if details is not None and not isinstance(details, dict):
+        raise call.bad_response("usage.prompt_tokens_details is not an object")
+    return _count(call, usage, "prompt_cache_hit_tokens")  # DeepSeek's name for it
 
 
 def _usage(call: _Call, raw: object) -> TokenUsage:
     if not isinstance(raw, dict):
         raise call.bad_response("usage is not an object")
+    prompt = _count(call, raw, "prompt_tokens")
     return TokenUsage(
-        input_tokens=_count(call, raw, "prompt_tokens"),
+        input_tokens=prompt,
         output_tokens=_count(call, raw, "completion_tokens"),
+        # a cache cannot serve more than the prompt; a provider saying so is believed up to it
+        cached_input_tokens=min(_cached(call, raw), prompt),
     )
 
 
@@ -533,14 +588,12 @@ def _parse_completion(call: _Call, body: bytes) -> ChatResult:
     content = message.get("content")
     if content is not None and not isinstance(content, str):
         raise call.bad_response("message content is not text")
-    finish = choices[0].get("finish_reason")
     raw_usage = obj.get("usage")
-    model = obj.get("model")
     return ChatResult(
         text=content or "",
         usage=_usage(call, raw_usage) if raw_usage is not None else TokenUsage(),
-        finish_reason=finish if isinstance(finish, str) else "",
-        provider_model=model if isinstance(model, str) and model else call.model,
+        finish_reason=label(choices[0].get("finish_reason")),
+        provider_model=label(obj.get("model")) or call.model,
         usage_reported=raw_usage is not None,
     )
 
@@ -561,8 +614,21 @@ def _stream_choice(call: _Call, obj: Mapping[str, Any]) -> tuple[str, str | None
     content = delta.get("content")
     if content is not None and not isinstance(content, str):
         raise call.bad_response("a chunk delta content that is not text")
-    finish = choice.get("finish_reason")
-    return content or "", finish if isinstance(finish, str) and finish else None
+    return content or "", label(choice.get("finish_reason")) or None
+
+
+_LABEL = re.compile(r"[^A-Za-z0-9._:/@+-]")
+#: the longest provider-supplied label (model name, finish reason) we pass on
+MAX_LABEL_CHARS = 64
+
+
+def label(value: object) -> str:
+    """A name the provider sent (its model, a finish reason), made safe to put on a span or
+    in an answer: text only, the characters model names use, at most MAX_LABEL_CHARS; "" for
+    anything else. A hostile provider cannot write into our traces or our clients' fields."""
+    if not isinstance(value, str):
+        return ""
+    return _LABEL.sub("", value)[:MAX_LABEL_CHARS]
 
 
 def _finish_span(
@@ -572,6 +638,8 @@ def _finish_span(
     if reported:
         span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
         span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        if usage.cached_input_tokens:
+            span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cached_input_tokens)
     else:
         span.set_attribute("quorum.usage_reported", False)
     if finish_reason:

@@ -1,8 +1,10 @@
 """Adapter for classifier models served by Triton (KServe v2 over gRPC).
 
 The caller owns one long-lived ``tritonclient.grpc.aio.InferenceServerClient`` per process
-and passes it in. Models take ``TEXT`` (BYTES, ``[n, 1]``, UTF-8) and return ``SCORE``
-(FP32, ``[n, 1]``), e.g. ``triton/profanity_check``.
+and passes it in. Models take ``TEXT`` (BYTES, ``[n, 1]``, UTF-8) and return FP32 ``[n, 1]``
+scores: either one ``SCORE`` (:meth:`TritonScorer.score`, e.g. ``triton/profanity_check``) or
+one ``SCORE_<CATEGORY>`` per category they judge (:meth:`TritonScorer.score_categories`, e.g.
+``triton/text_heads``); a caller asks only for the outputs it needs.
 
 Errors are :mod:`quorum.errors`, with messages written here (Triton's own text is never
 passed on):
@@ -31,10 +33,16 @@ from tritonclient.utils import InferenceServerException
 
 from quorum.errors import DeadlineExceeded, Internal, InvalidArgument, QuorumError, Unavailable
 
-__all__ = ["TritonScorer"]
+__all__ = ["TritonScorer", "category_output"]
 
 INPUT_NAME = "TEXT"
 OUTPUT_NAME = "SCORE"
+
+
+def category_output(category: str) -> str:
+    """The name of a per-category output: ``self_harm`` -> ``SCORE_SELF_HARM``."""
+    return f"{OUTPUT_NAME}_{category.upper()}"
+
 
 # Phrases in Triton's messages that mean "this model cannot serve now" rather than "the
 # server is down"; used only to choose the reason, never shown.
@@ -98,11 +106,42 @@ class TritonScorer:
         timeout_s: float,
         headers: Mapping[str, str] | None = None,
     ) -> list[float]:
-        """One score per text, in order. Raises quorum.errors (see the module docstring).
+        """One score (output ``SCORE``) per text, in order. Raises quorum.errors (see the
+        module docstring).
 
         ``headers`` go to Triton as gRPC metadata. The span's parent is the current
         OpenTelemetry context or, when ``headers`` carry a ``traceparent``, that one.
         """
+        columns = await self._score(model, texts, (OUTPUT_NAME,), timeout_s, headers)
+        return columns[0]
+
+    async def score_categories(
+        self,
+        model: str,
+        texts: Sequence[str],
+        categories: Sequence[str],
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[dict[str, float]]:
+        """Per text, in order, its score in each of ``categories`` (outputs
+        ``SCORE_<CATEGORY>``, all from one inference). Errors and tracing as :meth:`score`; a
+        model without one of those outputs is Internal (reason TRITON_ERROR)."""
+        if isinstance(categories, str) or not categories:
+            raise InvalidArgument("categories must be a non-empty sequence of names")
+        outputs = tuple(category_output(c) for c in categories)
+        columns = await self._score(model, texts, outputs, timeout_s, headers)
+        return [dict(zip(categories, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    async def _score(
+        self,
+        model: str,
+        texts: Sequence[str],
+        outputs: tuple[str, ...],
+        timeout_s: float,
+        headers: Mapping[str, str] | None,
+    ) -> list[list[float]]:
+        """One list of scores per output, each in text order."""
         if isinstance(texts, str) or any(not isinstance(t, str) for t in texts):
             raise InvalidArgument("texts must be a sequence of strings")
         if not timeout_s > 0:
@@ -122,7 +161,7 @@ class TritonScorer:
             set_status_on_exception=False,
         ) as span:
             if not texts:
-                return []
+                return [[] for _ in outputs]
             metadata = dict(headers or {})
             propagate.inject(metadata)  # after the caller's: Triton continues *this* span
             chunks = [
@@ -131,13 +170,13 @@ class TritonScorer:
             ]
             try:
                 if len(chunks) == 1:
-                    return await self._infer(model, chunks[0], timeout_s, metadata)
+                    return await self._infer(model, chunks[0], outputs, timeout_s, metadata)
                 async with asyncio.TaskGroup() as group:
                     tasks = [
-                        group.create_task(self._infer(model, c, timeout_s, metadata))
+                        group.create_task(self._infer(model, c, outputs, timeout_s, metadata))
                         for c in chunks
                     ]
-                return [s for t in tasks for s in t.result()]
+                return [[s for t in tasks for s in t.result()[i]] for i in range(len(outputs))]
             except Exception as exc:
                 err = _map_error(_first(exc), model, timeout_s)
                 span.set_attribute("error.type", err.reason)
@@ -145,8 +184,13 @@ class TritonScorer:
                 raise err from None
 
     async def _infer(
-        self, model: str, texts: Sequence[str], timeout_s: float, metadata: Mapping[str, str]
-    ) -> list[float]:
+        self,
+        model: str,
+        texts: Sequence[str],
+        outputs: tuple[str, ...],
+        timeout_s: float,
+        metadata: Mapping[str, str],
+    ) -> list[list[float]]:
         data = np.empty((len(texts), 1), dtype=object)
         data[:, 0] = [t.encode("utf-8") for t in texts]
         tensor = InferInput(INPUT_NAME, list(data.shape), "BYTES")
@@ -154,18 +198,21 @@ class TritonScorer:
         result = await self._client.infer(
             model_name=model,
             inputs=[tensor],
-            outputs=[InferRequestedOutput(OUTPUT_NAME)],
+            outputs=[InferRequestedOutput(name) for name in outputs],
             client_timeout=timeout_s,
             headers=dict(metadata),
         )
-        scores: Any = result.as_numpy(OUTPUT_NAME)
-        if scores is None or scores.size != len(texts):
-            raise Internal(
-                f"Triton model {model!r} returned a malformed {OUTPUT_NAME}",
-                reason="TRITON_BAD_RESPONSE",
-                metadata={"model": model[:100]},
-            )
-        return [float(s) for s in np.asarray(scores, dtype=np.float32).reshape(-1)]
+        columns = []
+        for name in outputs:
+            scores: Any = result.as_numpy(name)
+            if scores is None or scores.size != len(texts):
+                raise Internal(
+                    f"Triton model {model!r} returned a malformed {name}",
+                    reason="TRITON_BAD_RESPONSE",
+                    metadata={"model": model[:100]},
+                )
+            columns.append([float(s) for s in np.asarray(scores, dtype=np.float32).reshape(-1)])
+        return columns
 
     async def is_ready(self, model: str, *, timeout_s: float) -> bool:
         """Whether ``model`` is loaded and ready; False on any error (never raises)."""

@@ -26,6 +26,8 @@ class ChatRequest:
 class TokenUsage:
     input_tokens: int = 0
     output_tokens: int = 0
+    #: the part of ``input_tokens`` the provider served from its prompt cache
+    cached_input_tokens: int = 0
 
 
 @dataclass(frozen=True)

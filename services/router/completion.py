@@ -1,30 +1,51 @@
 """Complete a prompt: route, moderate by policy, call the model with retries and fallbacks,
-price and record the usage. No gRPC types in or out except the voter's verdict messages."""
+price and bill it. No gRPC types in or out except the voter's verdict messages.
+
+Billing (see :mod:`quorum.usage`): every attempt at a provider call is noted in the usage
+journal before it is made and settled the moment it ends (in a ``finally`` for streams), before
+output moderation or anything else that can fail, so each provider call is billed exactly once
+whatever happens next. A request id the client gave is kept (:mod:`services.router.replay`):
+the same request again is answered from the first call, a different one is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Protocol
 
 from opentelemetry import trace
 
-from quorum import ids
+from quorum import ids, tokens
 from quorum.backends.openai import OpenAIChat
 from quorum.backends.types import ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.deadline import Deadline
-from quorum.errors import ContentBlocked, InvalidArgument, QuorumError
-from quorum.pricing import Cost, cost_of
+from quorum.errors import (
+    ContentBlocked,
+    DeadlineExceeded,
+    InvalidArgument,
+    QuorumError,
+    Unavailable,
+)
+from quorum.money import NoExchangeRate
+from quorum.pricing import Cost, PriceNotFound, bill
 from quorum.registry import ModelSpec, OpenAIBackend, Registry
 from quorum.retry import RetryPolicy, retryable
-from quorum.usage import UsageRecord, UsageRecorder, usage_key
+from quorum.usage import Budgeted, Charge, Meter, usage_key
 from quorum.voter.v1 import voter_pb2
-from services.router.routing import Route, choose
+from services.router.breaker import Breakers
+from services.router.budgetview import BudgetView
+from services.router.limits import RateLimiter
+from services.router.replay import Replays, Ticket
+from services.router.routing import AutoRouting, Route, choose, step_down
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -34,8 +55,8 @@ MAX_REQUEST_ID = 100
 MAX_TOKENS_LIMIT = 32_768
 #: share of the remaining time one moderation pass may use
 MODERATION_SHARE = 0.3
-#: at most this long for the usage record before it goes to the spool
-RECORD_TIMEOUT_S = 1.0
+#: time kept back from the deadline for answering after the usage is settled
+ACCOUNTING_MARGIN_S = 0.02
 
 
 class Moderation(Enum):
@@ -52,11 +73,68 @@ class Moderation(Enum):
     def output(self) -> bool:
         return self in (Moderation.OUTPUT, Moderation.BOTH)
 
+    def union(self, other: Moderation) -> Moderation:
+        """What both ask for together (INPUT with OUTPUT is BOTH)."""
+        i, o = self.input or other.input, self.output or other.output
+        return (
+            Moderation.BOTH
+            if i and o
+            else Moderation.INPUT
+            if i
+            else (Moderation.OUTPUT if o else Moderation.NONE)
+        )
+
+
+@dataclass(frozen=True)
+class ModerationPolicy:
+    """Which moderation a request gets: what it asks for (the router's default when it asks
+    nothing), never less than its tenant's floor (the operator's ``[router]
+    moderation_floor``, or the tenant's entry in ``[router.moderation_floors]``). A request
+    that asks for less is raised to the floor, not refused."""
+
+    default: Moderation = Moderation.INPUT
+    floor: Moderation = Moderation.NONE
+    tenant_floors: Mapping[str, Moderation] = field(default_factory=dict)
+
+    @property
+    def may_moderate(self) -> bool:
+        """Whether any request can be moderated (the voter is then needed)."""
+        modes = (self.default, self.floor, *self.tenant_floors.values())
+        return any(m is not Moderation.NONE for m in modes)
+
+    def effective(self, asked: Moderation | None, tenant: str) -> Moderation:
+        return (asked or self.default).union(self.tenant_floors.get(tenant, self.floor))
+
 
 class Moderator(Protocol):
     async def moderate(
         self, text: str, request_id: str, *, timeout_s: float
     ) -> voter_pb2.ModerateResponse: ...
+
+
+def with_failures(err: QuorumError, failures: list[tuple[str, str]]) -> QuorumError:
+    """``err`` (the last model's failure) carrying every model's, in the order tried, in its
+    metadata (``failures``: "model: REASON; ..."), when more than one model was tried."""
+    if len(failures) > 1:
+        err.metadata["failures"] = "; ".join(f"{m}: {r}" for m, r in failures)
+    return err
+
+
+@dataclass(frozen=True)
+class StepDown:
+    """Near a budget's limit, route to cheaper models: when the tenant has used ``at`` (a
+    fraction) of a budget, a request that names no model goes to the cheapest usable models
+    for ``task`` first (a request that names its model keeps it)."""
+
+    view: BudgetView
+    at: float = 0.8
+    task: str = "chat"
+
+    async def apply(self, registry: Registry, route: Route, tenant: str) -> Route:
+        used = await self.view.used(tenant)
+        if used is None or used < self.at:
+            return route
+        return step_down(registry, route, self.task, used, time.time_ns() // 1000)
 
 
 @dataclass(frozen=True)
@@ -70,6 +148,26 @@ class Prompt:
     max_tokens: int = 0
     temperature: float | None = None
     moderation: Moderation | None = None  # None: the router's default
+    #: the client chose request_id: its retries are answered from the first call
+    client_id: bool = False
+    #: whose request it is: the budgets its calls count against
+    tenant: str = ids.DEFAULT_TENANT
+    #: the brief's integer model id, another way to name ``model``
+    model_id: int | None = None
+
+    def fingerprint(self) -> str:
+        """What makes two requests with one id the same request."""
+        body = {
+            "messages": [[m.role, m.content] for m in self.messages],
+            "model": self.model,
+            "task": self.task,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "moderation": self.moderation.value if self.moderation else "",
+            "model_id": self.model_id,
+        }
+        blob = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -82,9 +180,12 @@ class Completion:
     usage: TokenUsage = field(default_factory=TokenUsage)
     cost: Cost | None = None
     usage_recorded: bool = False
+    usage_estimated: bool = False
+    replayed: bool = False
     latency_ms: int = 0
     input_moderation: voter_pb2.ModerateResponse | None = None
     output_moderation: voter_pb2.ModerateResponse | None = None
+    charge: Charge | None = field(default=None, repr=False, compare=False)
 
 
 def validate(
@@ -158,27 +259,45 @@ class Completer:
         registry: Registry,
         chat: OpenAIChat,
         moderator: Moderator | None,
-        recorder: UsageRecorder,
+        meter: Meter,
         *,
         retry: RetryPolicy,
-        default_moderation: Moderation,
+        moderation: ModerationPolicy,
+        replays: Replays[Completion],
+        record_wait_s: float = 0.5,
+        limits: RateLimiter | None = None,
+        auto: AutoRouting | None = None,
+        step_down: StepDown | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self._registry = registry
         self._chat = chat
         self._moderator = moderator
-        self._recorder = recorder
+        self._meter = meter
         self._retry = retry
-        self._default_moderation = default_moderation
+        self._moderation = moderation
+        self._replays = replays
+        self._record_wait = record_wait_s
+        self._limits = limits or RateLimiter(clock=time.monotonic)
+        self._auto = auto
+        self._step_down = step_down
+        self._breakers = breakers or Breakers(failures=0, cooldown_s=0, clock=time.monotonic)
 
     # -- the two entry points ------------------------------------------------------------
 
     async def complete(self, prompt: Prompt, deadline: Deadline) -> Completion:
         start = time.monotonic()
-        route, done = await self._prepare(prompt, deadline)
-        result, spec = await self._call_with_fallbacks(route, prompt, deadline)
-        done.spec = spec
-        done.text, done.finish_reason, done.usage = result.text, result.finish_reason, result.usage
-        await self._finish(prompt, done, deadline)
+        got = await self._acquire(prompt, deadline)
+        if isinstance(got, Completion):
+            done = got
+        else:
+            try:
+                done = await self._generate(prompt, deadline)
+            except BaseException:
+                got.drop()
+                raise
+            got.store(done)
+        await self._answer(prompt, done, deadline)
         done.latency_ms = int((time.monotonic() - start) * 1000)
         if done.output_moderation is not None and not done.output_moderation.is_safe:
             # the call happened and is paid for (usage is recorded); the text is withheld
@@ -190,55 +309,76 @@ class Completer:
             )
         return done
 
-    async def stream(self, prompt: Prompt, deadline: Deadline) -> AsyncIterator[str | Completion]:
+    async def stream(
+        self, prompt: Prompt, deadline: Deadline
+    ) -> AsyncGenerator[str | Completion, None]:
         """Yields text deltas, then the Completion (text left empty). Retries and fallbacks
         happen only before the first delta has been sent. Output moderation runs on the
-        whole answer once it is complete; its verdict is in the Completion."""
+        whole answer once it is complete; its verdict is in the Completion. A replayed
+        request yields its stored text as one delta."""
         start = time.monotonic()
-        route, done = await self._prepare(prompt, deadline)
-        parts: list[str] = []
-        last_err: QuorumError | None = None
-        for spec in route.candidates:
-            attempt = 0
-            while True:
-                attempt += 1
-                sent = False
-                try:
-                    async for chunk in self._chat.stream(
-                        self._backend(spec),
-                        self._request(spec, prompt),
-                        timeout_s=deadline.timeout(),
-                    ):
-                        if chunk.delta:
-                            sent = True
-                            parts.append(chunk.delta)
-                            yield chunk.delta
-                        if chunk.usage is not None:
-                            done.usage = chunk.usage
-                        if chunk.finish_reason:
-                            done.finish_reason = chunk.finish_reason
-                    done.spec = spec
-                    done.text = "".join(parts)
-                    await self._finish(prompt, done, deadline)
-                    done.text = ""
-                    done.latency_ms = int((time.monotonic() - start) * 1000)
-                    yield done
-                    return
-                except QuorumError as err:
-                    if sent:
-                        raise
-                    last_err = err
-                    if not await self._should_retry(err, attempt, deadline, spec):
-                        break
-            if last_err is not None and not retryable(last_err):
-                raise last_err
-        assert last_err is not None
-        raise last_err
+        got = await self._acquire(prompt, deadline)
+        if isinstance(got, Completion):
+            done = got
+            if done.text:
+                yield done.text
+        else:
+            try:
+                route, done = await self._prepare(prompt, deadline)
+                parts: list[str] = []
+                async for delta in self._stream_with_fallbacks(route, prompt, deadline, done):
+                    parts.append(delta)
+                    yield delta
+                done.text = "".join(parts)
+            except BaseException:
+                got.drop()
+                raise
+            got.store(done)
+        await self._answer(prompt, done, deadline)
+        done.latency_ms = int((time.monotonic() - start) * 1000)
+        yield replace(done, text="")
 
     # -- steps -----------------------------------------------------------------------------
 
+    async def _acquire(self, prompt: Prompt, deadline: Deadline) -> Completion | Ticket[Completion]:
+        """A replay (a copy of the stored Completion), or a ticket to make the call (one that
+        keeps nothing when the id is ours: nobody can send it again)."""
+        if not prompt.client_id:
+            return Ticket.unkept()
+        # one tenant's request ids are its own: another tenant can neither collide with
+        # them nor be answered from them
+        got = await self._replays.acquire(
+            f"{prompt.tenant}/{prompt.request_id}", prompt.fingerprint(), deadline.timeout()
+        )
+        if isinstance(got, Completion):
+            trace.get_current_span().set_attribute("quorum.replayed", True)
+            return replace(got, replayed=True)
+        return got
+
+    async def _generate(self, prompt: Prompt, deadline: Deadline) -> Completion:
+        route, done = await self._prepare(prompt, deadline)
+        result, spec, charge = await self._call_with_fallbacks(route, prompt, deadline)
+        done.spec, done.charge = spec, charge
+        done.text, done.finish_reason = result.text, result.finish_reason
+        self._priced(done)
+        return done
+
     async def _prepare(self, prompt: Prompt, deadline: Deadline) -> tuple[Route, Completion]:
-        route = choose(self._registry, model=prompt.model, task=prompt.task)
+        route = choose(
+            self._registry,
+            model=self._named_model(prompt),
+            task=prompt.task,
+            auto=self._auto,
+            text="\n".join(m.content for m in prompt.messages if m.role == "user"),
+        )
+        if self._step_down is not None and not self._named_model(prompt):
+            route = await self._step_down.apply(self._registry, route, prompt.tenant)
+        first = route.candidates[0]
+        # the most the request may use: its input (counted cheaply) and its output allowance
+        most = tokens.approx_messages(prompt.messages) + min(
+            prompt.max_tokens or first.max_output_tokens, first.max_output_tokens
+        )
+        self._limits.admit(prompt.tenant, most)  # RESOURCE_EXHAUSTED (RATE_LIMITED)
         span = trace.get_current_span()
         span.set_attribute("gen_ai.request.model", route.candidates[0].name)
         span.set_attribute("quorum.route.reason", route.reason)
@@ -255,28 +395,42 @@ class Completer:
                 )
         return route, done
 
-    async def _finish(self, prompt: Prompt, done: Completion, deadline: Deadline) -> None:
-        if self._mode(prompt).output and done.text.strip():
+    def _priced(self, done: Completion) -> None:
+        """Usage and cost from the settled charge (what the ledger gets)."""
+        assert done.charge is not None and done.charge.record is not None
+        rec = done.charge.record
+        done.usage = TokenUsage(rec.input_tokens, rec.output_tokens, rec.cached_input_tokens)
+        done.usage_estimated = rec.estimated
+        span = trace.get_current_span()
+        # our own names here: gen_ai.usage.* sits on the model call's span alone, so that a
+        # dashboard summing tokens over a trace counts each call once
+        span.set_attribute("quorum.model", done.spec.name)
+        span.set_attribute("quorum.usage.input_tokens", done.usage.input_tokens)
+        span.set_attribute("quorum.usage.output_tokens", done.usage.output_tokens)
+        try:
+            done.cost = bill(
+                done.spec.name, done.spec.pricing, done.usage, rec.occurred_at_us,
+                self._registry.rates,
+            ).cost  # fmt: skip
+        except (PriceNotFound, NoExchangeRate) as e:
+            # the call was made and its record is journaled; the cost service will say what
+            # it costs (or refuse it for a person to see) once the price or rate is there
+            log.warning("the cost of a call of %s is unknown: %s", done.spec.name, e.message)
+            done.cost = None
+            return
+        span.set_attribute("quorum.cost.micros", done.cost.micros)
+        span.set_attribute("quorum.cost.currency", done.cost.currency)
+
+    async def _answer(self, prompt: Prompt, done: Completion, deadline: Deadline) -> None:
+        """After the call is billed: moderate the output (when asked and not done yet) and
+        see whether the cost service has taken the record."""
+        if self._mode(prompt).output and done.output_moderation is None and done.text.strip():
             done.output_moderation = await self._moderate(
                 done.text, f"{prompt.request_id}:output", deadline
             )
-        done.cost = cost_of(done.spec.price, done.usage)
-        span = trace.get_current_span()
-        span.set_attribute("gen_ai.response.model", done.spec.name)
-        span.set_attribute("gen_ai.usage.input_tokens", done.usage.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", done.usage.output_tokens)
-        span.set_attribute("quorum.cost.micros", done.cost.micros)
-        span.set_attribute("quorum.cost.currency", done.cost.currency)
-        record = UsageRecord(
-            request_id=usage_key(prompt.request_id, "complete"),
-            model=done.spec.name,
-            input_tokens=done.usage.input_tokens,
-            output_tokens=done.usage.output_tokens,
-            source="router",
-            occurred_at_us=int(time.time() * 1_000_000),
-        )
-        timeout = min(RECORD_TIMEOUT_S, max(deadline.remaining() - 0.02, 0.05))
-        done.usage_recorded = await self._recorder.record(record, timeout_s=timeout) is not None
+        if done.charge is not None and not done.replayed:
+            wait = min(self._record_wait, deadline.remaining() - ACCOUNTING_MARGIN_S)
+            done.usage_recorded = await done.charge.recorded(wait)
 
     async def _moderate(
         self, text: str, request_id: str, deadline: Deadline
@@ -286,34 +440,141 @@ class Completer:
                 "moderation was asked for but this router has no voter configured",
                 reason="MODERATION_UNAVAILABLE",
             )
-        return await self._moderator.moderate(
+        verdict = await self._moderator.moderate(
             text, request_id, timeout_s=deadline.timeout(share=MODERATION_SHARE)
+        )
+        if not verdict.quorum:  # an outage of the judges, not a judgement of the text
+            raise Unavailable(
+                "too few moderation models answered: " + "; ".join(verdict.reasons[:2]),
+                reason="NO_QUORUM",
+                metadata={"request_id": request_id},
+            )
+        return verdict
+
+    async def _begin(
+        self, prompt: Prompt, spec: ModelSpec, request: ChatRequest, deadline: Deadline
+    ) -> Charge:
+        """Reserve the call's most possible cost against the tenant's budgets, and note the
+        call in the usage journal, before it is made."""
+        max_output = request.max_tokens or spec.max_output_tokens
+        return await self._meter.begin(
+            usage_key(prompt.request_id, "complete", uuid.uuid4().hex[:12]),
+            spec.name,
+            input_tokens=tokens.approx_messages(request.messages),
+            max_output_tokens=max_output,
+            count_input=lambda: tokens.count_messages(request.messages),
+            tenant=prompt.tenant,
+            budget=Budgeted(
+                tokens.most_messages(request.messages), max_output, deadline.remaining()
+            ),
         )
 
     async def _call_with_fallbacks(
         self, route: Route, prompt: Prompt, deadline: Deadline
-    ) -> tuple[ChatResult, ModelSpec]:
+    ) -> tuple[ChatResult, ModelSpec, Charge]:
         last_err: QuorumError | None = None
+        failures: list[tuple[str, str]] = []
         for spec in route.candidates:
+            if not self._breakers.allow(spec.provider_name):
+                last_err = self._breakers.refusal(spec.provider_name, spec.name)
+                failures.append((spec.name, last_err.reason))
+                continue
             attempt = 0
             while True:
                 attempt += 1
+                request = self._request(spec, prompt)
+                charge = await self._begin(prompt, spec, request, deadline)
                 try:
                     result = await self._chat.complete(
-                        self._backend(spec),
-                        self._request(spec, prompt),
-                        timeout_s=deadline.timeout(),
+                        self._backend(spec), request, timeout_s=deadline.timeout()
                     )
-                    return result, spec
-                except QuorumError as err:
+                except BaseException as err:
+                    charge.failed(err)
+                    if not isinstance(err, QuorumError):
+                        raise
+                    self._note_failure(spec, err)
                     last_err = err
                     if not await self._should_retry(err, attempt, deadline, spec):
                         break
+                    continue
+                self._breakers.succeeded(spec.provider_name)
+                charge.answered(result.usage, reported=result.usage_reported, text=result.text)
+                return result, spec, charge
+            assert last_err is not None
+            failures.append((spec.name, last_err.reason))
             if not retryable(last_err):
-                raise last_err
-            log.warning("model %s failed (%s); trying the next one", spec.name, last_err.reason)
+                raise with_failures(last_err, failures)
+            if spec is not route.candidates[-1]:
+                log.warning("model %s failed (%s); trying the next one", spec.name, last_err.reason)
         assert last_err is not None
-        raise last_err
+        raise with_failures(last_err, failures)
+
+    async def _stream_with_fallbacks(
+        self, route: Route, prompt: Prompt, deadline: Deadline, done: Completion
+    ) -> AsyncGenerator[str, None]:
+        """Yields the deltas of the first model that answers; fills in ``done``. Each
+        attempt is settled in a ``finally``: a stream cut short (the client went away, the
+        provider broke off) is billed for what was generated, estimated."""
+        last_err: QuorumError | None = None
+        failures: list[tuple[str, str]] = []
+        for spec in route.candidates:
+            if not self._breakers.allow(spec.provider_name):
+                last_err = self._breakers.refusal(spec.provider_name, spec.name)
+                failures.append((spec.name, last_err.reason))
+                continue
+            attempt = 0
+            while True:
+                attempt += 1
+                request = self._request(spec, prompt)
+                charge = await self._begin(prompt, spec, request, deadline)
+                parts: list[str] = []
+                err: BaseException | None = None
+                try:
+                    usage, reported, finish = TokenUsage(), False, ""
+                    chunks = self._chat.stream(
+                        self._backend(spec), request, timeout_s=deadline.timeout()
+                    )
+                    async with contextlib.aclosing(chunks):
+                        async for chunk in chunks:
+                            if chunk.delta:
+                                parts.append(chunk.delta)
+                                yield chunk.delta
+                            if chunk.usage is not None:
+                                usage, reported = chunk.usage, chunk.usage_reported
+                            if chunk.finish_reason:
+                                finish = chunk.finish_reason
+                    self._breakers.succeeded(spec.provider_name)
+                    charge.answered(usage, reported=reported, text="".join(parts))
+                    done.spec, done.charge, done.finish_reason = spec, charge, finish
+                    self._priced(done)
+                    return
+                except QuorumError as e:
+                    err = e
+                    self._note_failure(spec, e)
+                    if parts:
+                        raise
+                    last_err = e
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    if not charge.done:
+                        charge.failed(err, partial_text="".join(parts))
+                assert last_err is not None
+                if not await self._should_retry(last_err, attempt, deadline, spec):
+                    break
+            if last_err is not None:
+                failures.append((spec.name, last_err.reason))
+                if not retryable(last_err):
+                    raise with_failures(last_err, failures)
+        assert last_err is not None
+        raise with_failures(last_err, failures)
+
+    def _note_failure(self, spec: ModelSpec, err: QuorumError) -> None:
+        """A provider that is down, slow or overloaded counts towards opening its breaker;
+        a request it refused (4xx) does not."""
+        if retryable(err) or isinstance(err, DeadlineExceeded):
+            self._breakers.failed(spec.provider_name)
 
     async def _should_retry(
         self, err: QuorumError, attempt: int, deadline: Deadline, spec: ModelSpec
@@ -330,8 +591,22 @@ class Completer:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _named_model(self, prompt: Prompt) -> str:
+        """The model the request names, by name or by the brief's integer id (both: they must
+        agree)."""
+        if prompt.model_id is None:
+            return prompt.model
+        spec = self._registry.by_id(prompt.model_id)  # NotFound, field model_id
+        if prompt.model and prompt.model != spec.name:
+            raise InvalidArgument(
+                f"model_id: {prompt.model_id} is {spec.name!r}, but model says {prompt.model!r}",
+                reason="INVALID_FIELD",
+                metadata={"field": "model_id"},
+            )
+        return spec.name
+
     def _mode(self, prompt: Prompt) -> Moderation:
-        return prompt.moderation or self._default_moderation
+        return self._moderation.effective(prompt.moderation, prompt.tenant)
 
     @staticmethod
     def _backend(spec: ModelSpec) -> OpenAIBackend:

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quorum import config
-from quorum.registry import ConfigError, Registry, load_registry
+from quorum import config, ids
+from quorum.auth import AuthSettings
+from quorum.errors import InvalidArgument
+from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
 from quorum.retry import RetryPolicy
-from services.router.completion import Moderation
+from quorum.tls import TlsSettings
+from quorum.usage import MeterSettings
+from services.router.completion import Moderation, ModerationPolicy
+from services.router.limits import Limit
+from services.router.routing import AutoRouting, Rule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -19,14 +28,33 @@ class RouterSettings:
     address: str
     voter_address: str
     cost_address: str
-    moderation: Moderation
+    moderation: ModerationPolicy
     default_timeout_s: float
     max_timeout_s: float
     max_prompt_chars: int
     max_messages: int
     retry: RetryPolicy
-    spool_path: Path
+    journal_path: Path
+    meter: MeterSettings
+    replay_ttl_s: float
+    replay_max_entries: int
     registry: Registry
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    #: per-tenant rate limits: the default, and the tenants that have their own
+    limit: Limit = field(default_factory=Limit)
+    tenant_limits: Mapping[str, Limit] = field(default_factory=dict)
+    #: automatic routing for requests that name neither a model nor a task (None: off)
+    auto: AutoRouting | None = None
+    #: the share of a budget past which requests that name no model go to cheaper models
+    #: (0: never), which task's models, and how long a tenant's budget status is kept
+    #: consecutive transient failures that open a provider's breaker (0: no breakers), and
+    #: how long it then stays open
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 10.0
+    step_down_at: float = 0.8
+    step_down_task: str = "chat"
+    budget_cache_s: float = 5.0
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @classmethod
     def from_config(
@@ -35,12 +63,20 @@ class RouterSettings:
         env = os.environ if env is None else env
         r = config.section(data, "router")
         w = "router"
-        try:
-            moderation = Moderation(str(r.get("moderation", "input")).lower())
-        except ValueError:
-            raise ConfigError("router.moderation: one of none, input, output, both") from None
+        floors = r.get("moderation_floors", {})
+        if not isinstance(floors, Mapping):
+            raise ConfigError("router.moderation_floors: a table of tenant = mode")
+        moderation = ModerationPolicy(
+            default=_mode(r.get("moderation", "input"), "router.moderation"),
+            floor=_mode(r.get("moderation_floor", "none"), "router.moderation_floor"),
+            tenant_floors={
+                _tenant(t): _mode(m, f"router.moderation_floors.{t}") for t, m in floors.items()
+            },
+        )
         simulator_url = str(r.get("simulator_url") or "")
         registry = load_registry(data).resolve_keys(env, simulator_url=simulator_url or None)
+        limit, tenant_limits = _limits(r.get("limits", {}))
+        routing = config.section(data, "routing")
         return cls(
             address=config.get_str(r, "address", w),
             voter_address=config.get_str(r, "voter_address", w),
@@ -55,6 +91,100 @@ class RouterSettings:
                 backoff_base_s=config.get_float(r, "backoff_base_s", w),
                 backoff_max_s=config.get_float(r, "backoff_max_s", w),
             ),
-            spool_path=config.data_dir(env) / "router-usage-spool.jsonl",
+            journal_path=config.data_dir(env) / "router-usage.journal",
+            meter=MeterSettings.from_config(data),
+            replay_ttl_s=config.get_float(r, "replay_ttl_s", w, minimum=1.0),
+            replay_max_entries=config.get_int(r, "replay_max_entries", w, minimum=1),
             registry=registry,
+            auth=AuthSettings.from_config(data, env, calls_services=True),
+            limit=limit,
+            tenant_limits=tenant_limits,
+            auto=_auto(data, registry),
+            breaker_failures=config.get_int(r, "breaker_failures", w),
+            breaker_cooldown_s=config.get_float(r, "breaker_cooldown_s", w),
+            step_down_at=config.get_float(routing, "step_down_at", "routing"),
+            step_down_task=config.get_str(routing, "step_down_task", "routing"),
+            budget_cache_s=config.get_float(routing, "budget_cache_s", "routing"),
+            tls=TlsSettings.from_config(data, env),
         )
+
+
+def _mode(value: object, where: str) -> Moderation:
+    try:
+        return Moderation(str(value).lower())
+    except ValueError:
+        raise ConfigError(f"{where}: one of none, input, output, both") from None
+
+
+def _tenant(name: object, where: str = "router.moderation_floors") -> str:
+    try:
+        return ids.tenant(str(name), field=f"{where}.{name}", required=True)
+    except InvalidArgument as e:
+        raise ConfigError(e.message) from None
+
+
+def _limit(table: object, where: str) -> Limit:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - {"requests_per_minute", "tokens_per_minute", "tenants"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    return Limit(
+        requests_per_minute=config.get_float(table, "requests_per_minute", where)
+        if "requests_per_minute" in table
+        else 0.0,
+        tokens_per_minute=config.get_float(table, "tokens_per_minute", where)
+        if "tokens_per_minute" in table
+        else 0.0,
+    )
+
+
+def _limits(table: object) -> tuple[Limit, dict[str, Limit]]:
+    """``[router.limits]`` (the default) and ``[router.limits.tenants.<tenant>]``."""
+    default = _limit(table, "router.limits")
+    assert isinstance(table, Mapping)
+    tenants = table.get("tenants", {})
+    if not isinstance(tenants, Mapping):
+        raise ConfigError("router.limits.tenants: a table of tenant tables")
+    return default, {
+        _tenant(t, "router.limits.tenants"): _limit(v, f"router.limits.tenants.{t}")
+        for t, v in tenants.items()
+    }
+
+
+def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
+    """``[routing]``: the brief's keyword rules; each task must be one a model serves."""
+    r = config.section(data, "routing")
+    unknown = set(r) - {
+        "auto", "fallback_task", "rules", "step_down_at", "step_down_task", "budget_cache_s",
+    }  # fmt: skip
+    if unknown:
+        raise ConfigError(f"routing: unknown keys {sorted(unknown)}")
+    if not r.get("auto", False):
+        return None
+    rules = []
+    for i, rule in enumerate(r.get("rules", [])):
+        where = f"routing.rules[{i}]"
+        if not isinstance(rule, Mapping) or set(rule) != {"task", "keywords"}:
+            raise ConfigError(f"{where}: a table with task and keywords")
+        words = rule["keywords"]
+        if (
+            not isinstance(words, list)
+            or not words
+            or not all(isinstance(w, str) and w for w in words)
+        ):
+            raise ConfigError(f"{where}.keywords: a list of non-empty strings")
+        rules.append(Rule(config.get_str(rule, "task", where), tuple(w.lower() for w in words)))
+    fallback = str(r.get("fallback_task", ""))
+    served = {
+        t for m in registry.models.values() if isinstance(m.backend, OpenAIBackend) for t in m.tasks
+    }
+    unserved = sorted({rule.task for rule in rules} - served | ({fallback} - served - {""}))
+    if unserved:
+        # a registry of one's own need not serve the brief's tasks: those rules are left out
+        # (and an unserved fallback is the default model), said once at start-up
+        log.warning("routing: no model serves %s; those rules are not used", unserved)
+    return AutoRouting(
+        tuple(rule for rule in rules if rule.task in served),
+        fallback if fallback in served else "",
+    )

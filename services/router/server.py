@@ -3,21 +3,27 @@ Everything opened here is closed by the returned ``close``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quorum import channels
+from quorum import channels, tokens
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.server import HealthMonitor, create_server
-from quorum.usage import UsageRecorder
-from services.router.completion import Completer, Moderation
+from quorum.usage import Meter
+from services.router.breaker import Breakers
+from services.router.budgetview import BudgetView
+from services.router.completion import Completer, Completion, StepDown
 from services.router.config import RouterSettings
+from services.router.limits import RateLimiter
+from services.router.replay import Replays
 from services.router.servicer import RouterServicer
 from services.router.voterclient import VoterClient
 
@@ -27,17 +33,52 @@ SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 async def create(
     settings: RouterSettings, *, address: str | None = None
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
+    # before anything is opened: a refused address leaves nothing to close
+    settings.auth.check_bind(address or settings.address, "[router] address")
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
-    voter_channel = channels.insecure_channel(settings.voter_address)
-    cost_channel = channels.insecure_channel(settings.cost_address)
-    recorder = UsageRecorder(cost_pb2_grpc.CostServiceStub(cost_channel), settings.spool_path)
+    voter_channel = channels.connect(
+        settings.voter_address, settings.auth.service_token, settings.tls
+    )
+    cost_channel = channels.connect(
+        settings.cost_address, settings.auth.service_token, settings.tls
+    )
+    meter = Meter(
+        cost_pb2_grpc.CostServiceStub(cost_channel),
+        settings.journal_path,
+        source="router",
+        settings=settings.meter,
+    )
+    await meter.start()  # before serving: recovers what a previous process left
+    await asyncio.to_thread(tokens.warm)
     completer = Completer(
         settings.registry,
         OpenAIChat(http, os.environ),
         VoterClient(voter_channel),
-        recorder,
+        meter,
         retry=settings.retry,
-        default_moderation=settings.moderation,
+        moderation=settings.moderation,
+        replays=Replays[Completion](
+            ttl_s=settings.replay_ttl_s, max_entries=settings.replay_max_entries
+        ),
+        record_wait_s=settings.meter.record_wait_s,
+        limits=RateLimiter(settings.limit, settings.tenant_limits, clock=time.monotonic),
+        auto=settings.auto,
+        breakers=Breakers(
+            failures=settings.breaker_failures,
+            cooldown_s=settings.breaker_cooldown_s,
+            clock=time.monotonic,
+        ),
+        step_down=(
+            StepDown(
+                BudgetView(
+                    cost_pb2_grpc.CostServiceStub(cost_channel), ttl_s=settings.budget_cache_s
+                ),
+                at=settings.step_down_at,
+                task=settings.step_down_task,
+            )
+            if settings.step_down_at > 0
+            else None
+        ),
     )
     servicer = RouterServicer(
         completer,
@@ -50,13 +91,15 @@ async def create(
         address or settings.address,
         lambda s: router_pb2_grpc.add_RouterServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
+        auth=settings.auth,
+        tls=settings.tls,
     )
     voter_health = health_pb2_grpc.HealthStub(voter_channel)
 
     async def ready() -> bool:
         # the voter must be SERVING when moderation is on by default; the cost service may be
-        # down (usage is spooled and re-sent)
-        if settings.moderation is Moderation.NONE:
+        # down (usage waits in the journal and is re-sent)
+        if not settings.moderation.may_moderate:
             return True
         try:
             resp = await voter_health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
@@ -65,10 +108,9 @@ async def create(
         return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     monitor = HealthMonitor(health, [SERVICE_NAME], ready)
-    recorder.start()
 
     async def close() -> None:
-        await recorder.stop()
+        await meter.stop()
         await http.aclose()
         await voter_channel.close()
         await cost_channel.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from quorum import protoconv
+from quorum import auth, protoconv
 from quorum.deadline import Deadline
 from quorum.grpcerrors import map_errors, map_stream_errors
 from quorum.router.v1 import router_pb2, router_pb2_grpc
@@ -33,6 +34,8 @@ def to_response(done: Completion) -> router_pb2.CompleteResponse:
         usage=protoconv.usage(done.usage),
         latency_ms=done.latency_ms,
         usage_recorded=done.usage_recorded,
+        usage_estimated=done.usage_estimated,
+        replayed=done.replayed,
     )
     if done.cost is not None:
         resp.cost.CopyFrom(protoconv.money(done.cost))
@@ -78,6 +81,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             max_tokens=req.max_tokens,
             temperature=temperature,
             moderation=_MODES.get(req.moderation),
+            client_id=bool(req.request_id),
+            tenant=auth.current().tenant,
+            model_id=req.model_id if req.HasField("model_id") else None,
         )
 
     def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> Deadline:
@@ -100,8 +106,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[router_pb2.CompleteStreamResponse]:
         deadline = self._deadline(context)
-        async for event in self._completer.stream(self._prompt(request.request), deadline):
-            if isinstance(event, str):
-                yield router_pb2.CompleteStreamResponse(delta=event)
-            else:
-                yield router_pb2.CompleteStreamResponse(summary=to_response(event))
+        events = self._completer.stream(self._prompt(request.request), deadline)
+        # closed at once when the client goes away, so the call is settled (billed) now
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, str):
+                    yield router_pb2.CompleteStreamResponse(delta=event)
+                else:
+                    yield router_pb2.CompleteStreamResponse(summary=to_response(event))

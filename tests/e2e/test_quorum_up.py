@@ -27,8 +27,13 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
-    router, voter, cost, t_http, t_grpc, t_metrics, sim = free_ports(7)
+def start_up(
+    tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, str], list[int], list[str]]:
+    """`quorum up` on free ports, read until it says it is up: (process, its environment,
+    ports router voter cost triton-http triton-grpc triton-metrics simulator, output)."""
+    ports = free_ports(7)
+    router, voter, cost, t_http, t_grpc, t_metrics, sim = ports
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env |= {
         "QUORUM_DATA_DIR": str(tmp_path),
@@ -39,6 +44,7 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
         "QUORUM_TRITON__GRPC_PORT": str(t_grpc),
         "QUORUM_TRITON__METRICS_PORT": str(t_metrics),
         "QUORUM_SIMULATOR__PORT": str(sim),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [str(BIN / "quorum"), "up"],
@@ -50,12 +56,18 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
     )
     assert proc.stdout is not None
     out = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        out.append(line)
+        if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
+            break
+    return proc, env, ports, out
+
+
+def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
+    proc, env, ports, out = start_up(tmp_path)
+    router, voter, cost, t_http, t_grpc, t_metrics, sim = ports
     try:
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            out.append(line)
-            if "Ctrl-C stops everything" in line or time.monotonic() > deadline:
-                break
         text = "".join(out)
         assert "Quorum is up" in text, text
         assert re.search(rf"router\s+127\.0\.0\.1:{router}", text)
@@ -94,6 +106,8 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
             env=env,
         )
         assert "profanity-check [triton]" in moderated.stdout
+        assert "text-heads [triton]" in moderated.stdout
+        assert "nsfw-check [triton]" in moderated.stdout
         assert "simulated" not in moderated.stdout  # no simulated judge ever votes
     finally:
         proc.send_signal(signal.SIGINT)
@@ -108,3 +122,104 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
         assert not port_open(port), f"port {port} still open after quorum up stopped"
     leftovers = [p for p in Path("/dev/shm").glob("quorum*") if str(proc.pid) in p.name]
     assert not leftovers
+
+
+def test_quorum_up_stops_the_mesh_when_a_service_dies(tmp_path):
+    """A mesh with a dead part must not look alive: kill the router, and `quorum up` stops
+    the rest and exits non-zero, saying which part stopped."""
+    proc, _, ports, out = start_up(tmp_path)
+    try:
+        assert "Quorum is up" in "".join(out), "".join(out)
+        pids = subprocess.run(
+            ["pgrep", "-f", f"services.router --address=127.0.0.1:{ports[0]}"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.split()  # fmt: skip
+        assert len(pids) == 1, pids
+        os.kill(int(pids[0]), signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "router (exit code -9) stopped; stopping the mesh" in rest
+    for port in ports:
+        assert not port_open(port), f"port {port} still open after quorum up stopped"
+
+
+def test_quorum_up_can_restart_a_part_that_died(tmp_path):
+    """With [mesh] on_failure = "restart", a killed router comes back on its address and
+    completions work again; Ctrl-C still stops everything cleanly."""
+    proc, env, ports, out = start_up(tmp_path, {"QUORUM_MESH__ON_FAILURE": "restart"})
+    try:
+        assert "Quorum is up" in "".join(out), "".join(out)
+        pid = subprocess.run(
+            ["pgrep", "-f", f"services.router --address=127.0.0.1:{ports[0]}"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.split()[0]  # fmt: skip
+        os.kill(int(pid), signal.SIGKILL)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            out.append(line)
+            if "router is back" in line or time.monotonic() > deadline:
+                break
+        text = "".join(out)
+        assert "router (exit code -9) stopped; restarting it in 1 s" in text, text
+        done = subprocess.run(
+            [str(BIN / "quorum"), "complete", "hello again"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0
+    for port in ports:
+        assert not port_open(port), f"port {port} still open after quorum up stopped"
+
+
+def test_quorum_up_with_mutual_tls_end_to_end(tmp_path):
+    """The whole mesh with [tls] on and client_auth: the services call each other over
+    mutual TLS, `quorum up` checks their health over it, the CLI completes and moderates
+    with the same settings, and a plaintext client cannot connect."""
+    from tests.tlscerts import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    pem = ca.issue("mesh")
+    tls = {
+        "QUORUM_TLS__ENABLED": "true",
+        "QUORUM_TLS__CLIENT_AUTH": "true",
+        "QUORUM_TLS__CERT_FILE": str(pem.cert),
+        "QUORUM_TLS__KEY_FILE": str(pem.key),
+        "QUORUM_TLS__CA_FILE": str(ca.ca_file),
+    }
+    proc, env, ports, out = start_up(tmp_path, tls)
+    try:
+        assert "Quorum is up" in "".join(out), "".join(out)
+        for argv in (["complete", "hello over tls"], ["moderate", "hello over tls"]):
+            done = subprocess.run(
+                [str(BIN / "quorum"), *argv], capture_output=True, text=True, timeout=60, env=env
+            )
+            assert done.returncode == 0, done.stderr
+        assert "input moderation: safe (3 votes" in subprocess.run(
+            [str(BIN / "quorum"), "complete", "hi"], capture_output=True, text=True,
+            timeout=60, env=env,
+        ).stdout  # router -> voter -> cost, all over mutual TLS  # fmt: skip
+        plain = subprocess.run(
+            [str(BIN / "grpcurl"), "-plaintext", f"127.0.0.1:{ports[0]}", "list"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert plain.returncode != 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0

@@ -22,12 +22,16 @@ base_url = "{url}"
 simulated = true
 [models.slow]
 provider = "sim"
+input_per_mtok = "1.00"
+output_per_mtok = "2.00"
 """
 
 
-@pytest.fixture
-def slow_sim():
-    with ProviderSimulator(latency_s=1.0) as s:
+@pytest.fixture(params=[1.0, 6.0], ids=["1s", "6s"])
+def slow_sim(request):
+    """A provider that takes 1 s, or 6 s: longer than a fixed few seconds of drain would
+    allow (the drain follows the longest deadline the router allows, 120 s by default)."""
+    with ProviderSimulator(latency_s=request.param) as s:
         yield s
 
 
@@ -44,7 +48,7 @@ def test_router_finishes_calls_in_flight_on_sigterm(service_process, slow_sim, t
         with grpc.insecure_channel(router.address) as ch:
             try:
                 result["resp"] = router_pb2_grpc.RouterServiceStub(ch).Complete(
-                    router_pb2.CompleteRequest(prompt="take your time"), timeout=10
+                    router_pb2.CompleteRequest(prompt="take your time"), timeout=15
                 )
             except grpc.RpcError as e:
                 result["err"] = e
@@ -53,9 +57,9 @@ def test_router_finishes_calls_in_flight_on_sigterm(service_process, slow_sim, t
     t.start()
     time.sleep(0.4)  # the call is now waiting on the slow provider
     start = time.monotonic()
-    assert router.stop(signal.SIGTERM, timeout=15) == 0
+    assert router.stop(signal.SIGTERM, timeout=20) == 0
     t.join(10)
     assert "err" not in result, result.get("err")
     assert result["resp"].text.startswith("[simulated")
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < slow_sim.latency_s + 8
     assert '"msg": "draining' in router.logs()  # JSON logs on stderr

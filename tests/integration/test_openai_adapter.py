@@ -577,3 +577,78 @@ def test_parse_retry_after_never_raises(value: str) -> None:
 def test_result_types_default_to_reported_usage() -> None:
     assert ChatResult(text="", usage=TokenUsage()).usage_reported is True
     assert ChatChunk().usage_reported is True
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_provider_labels_are_made_safe(
+    adapter: OpenAIChat, sim: ProviderSimulator, streaming: bool
+) -> None:
+    """The simulator answers with the model name it was asked for: a hostile one comes back
+    without control characters or markup, and short."""
+    hostile = "gpt-4.1\n<script>alert(1)</script>\x1b[31m" + "x" * 500
+    backend = backend_for(sim.url, model=hostile)
+    if streaming:
+        last = (await collect(adapter, backend))[-1]
+        got = last.extra["provider_model"]
+    else:
+        got = (await adapter.complete(backend, REQUEST, timeout_s=5)).provider_model
+    assert got.startswith("gpt-4.1scriptalert1/script31mxx") and len(got) == 64
+
+
+def test_label_keeps_model_names_and_drops_anything_else() -> None:
+    from quorum.backends.openai import label
+
+    assert label("gpt-4.1-2025-04-14") == "gpt-4.1-2025-04-14"
+    assert label("accounts/fireworks/models/llama-v3p1-8b@v1") == (
+        "accounts/fireworks/models/llama-v3p1-8b@v1"
+    )
+    assert label("stop") == "stop" and label(None) == "" and label(42) == ""
+    assert label("a b\tc\u202e") == "abc"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "too long sk-secret-echo", "type": "invalid_request_error",
+                   "param": "messages", "code": "context_length_exceeded"}},  # OpenAI
+        {"error": {"code": 400, "message": "too long sk-secret-echo",
+                   "type": "exceed_context_size_error", "n_prompt_tokens": 9000}},  # llama.cpp
+    ],
+    ids=["openai", "llama.cpp"],
+)  # fmt: skip
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_context_overflow_is_named_as_such(
+    adapter: OpenAIChat, body: dict, streaming: bool
+) -> None:
+    """A real HTTP server on loopback answers 400 with a provider's context-overflow error:
+    it becomes CONTEXT_LENGTH_EXCEEDED, and nothing of the body's message leaks."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = json.dumps(body).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = backend_for(f"http://127.0.0.1:{server.server_port}/v1")
+        with pytest.raises(InvalidArgument) as info:
+            if streaming:
+                await collect(adapter, backend)
+            else:
+                await adapter.complete(backend, REQUEST, timeout_s=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info.value.reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert "sk-secret-echo" not in str(info.value) + json.dumps(info.value.metadata)

@@ -2,10 +2,11 @@ import time
 
 import grpc
 import pytest
+from google.rpc import status_pb2
 
 from quorum import errors
 from quorum.deadline import Deadline
-from quorum.grpcerrors import status_code, to_status
+from quorum.grpcerrors import from_rpc_status, rpc_status_of, status_code, to_status
 from quorum.retry import RetryPolicy, retryable
 
 
@@ -62,3 +63,36 @@ def test_one_table_maps_every_error(err, code):
     status = to_status(err)
     assert status.code == code
     assert status.details == "x"
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        errors.InvalidArgument("usage: is required", reason="INVALID_FIELD",
+                               metadata={"field": "usage"}),
+        errors.FailedPrecondition("reused", reason="REQUEST_ID_REUSED",
+                                  metadata={"request_id": "a"}),
+        errors.Unavailable("busy", reason="LEDGER_BUSY", metadata={"queued": "8192"}),
+        errors.ResourceExhausted("over", reason="BUDGET_EXCEEDED", retry_after=2.5),
+        errors.Internal("internal error", reason="INTERNAL"),
+    ],
+)  # fmt: skip
+def test_an_error_in_a_status_message_reads_back_as_itself(err):
+    """What a per-record result of RecordUsageBatch carries, read back by the sender."""
+    back = from_rpc_status(rpc_status_of(err), service="cost")
+    assert type(back) is type(err)
+    assert back.reason == err.reason
+    assert back.message == f"cost: {err.message}"
+    if isinstance(err, errors.ResourceExhausted):
+        assert back.metadata == {"retry_after_s": "2.5"}
+        assert back.retry_after == 2.5
+    else:
+        assert back.metadata == err.metadata
+
+
+def test_a_status_without_error_info_or_with_an_unknown_code_still_reads_back():
+    bare = from_rpc_status(status_pb2.Status(code=14, message=""), service="cost")
+    assert isinstance(bare, errors.Unavailable)
+    assert (bare.reason, bare.message) == ("COST_UNAVAILABLE", "cost: unavailable")
+    odd = from_rpc_status(status_pb2.Status(code=99, message="what"), service="cost")
+    assert isinstance(odd, errors.Internal)

@@ -1,6 +1,6 @@
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2
-from quorum.formatting import format_completion, format_moderation, format_usage
+from quorum.formatting import format_completion, format_estimate, format_moderation, format_usage
 from quorum.protoconv import format_money
 from quorum.router.v1 import router_pb2
 from quorum.voter.v1 import voter_pb2
@@ -50,3 +50,61 @@ def test_usage_table_and_empty_ledger():
         )
     )  # fmt: skip
     assert "m " in out and "total" in out and "0.000005 USD" in out
+    assert "prompt caches" not in out
+    cached = format_usage(
+        cost_pb2.GetUsageSummaryResponse(
+            models=[cost_pb2.ModelUsage(model="m", requests=1)],
+            requests=1,
+            usage=common_pb2.Usage(input_tokens=1000, cached_input_tokens=600),
+        )
+    )
+    assert "600 of the input tokens came from the providers' prompt caches" in cached
+
+
+def test_replayed_and_estimated_answers_say_so():
+    plain = format_completion(router_pb2.CompleteResponse(usage_recorded=True))
+    assert "replayed" not in plain and "estimated" not in plain
+    out = format_completion(
+        router_pb2.CompleteResponse(request_id="r9", replayed=True, usage_estimated=True)
+    )
+    assert "replayed: the stored answer to request r9" in out
+    assert "estimated: the provider reported no usage" in out
+    usage = format_usage(
+        cost_pb2.GetUsageSummaryResponse(
+            models=[cost_pb2.ModelUsage(model="m", requests=3, estimated_requests=1)],
+            requests=3,
+            estimated_requests=1,
+        )
+    )
+    assert "1 of the requests have estimated token counts" in usage
+
+
+def test_an_estimate_dearer_than_the_official_rate_says_so() -> None:
+    money = common_pb2.Money
+    resp = cost_pb2.EstimateCostResponse(
+        model="m",
+        price=cost_pb2.Price(
+            model="m",
+            input_micros_per_mtok=1_000_000,
+            output_micros_per_mtok=2_000_000,
+            cached_input_micros_per_mtok=1_000_000,
+            currency="USD",
+            billing_currency="CNY",
+            billing_rate="8",
+        ),
+        cost=money(micros=8000, currency="CNY"),
+        list_cost=money(micros=1000, currency="USD"),
+        billing_rate="8",
+        official_cost=money(micros=7300, currency="CNY"),
+        saving=money(micros=-700, currency="CNY"),
+        official_rate="7.30",
+    )
+    resp.price.effective_from.FromJsonString("2026-12-01T00:00:00Z")
+    lines = format_estimate(resp).splitlines()
+    assert lines[0].startswith("m: the price since 2026-12-01T00:00:00Z, per million tokens:")
+    assert lines[1] == (
+        "  cost: 0.008000 CNY (list price 0.001000 USD, billed at the provider's rate of 8 CNY "
+        "per USD)"
+    )
+    assert lines[2].endswith("it would be 0.007300 CNY: costing more by 0.000700 CNY")
+    assert len(lines) == 3

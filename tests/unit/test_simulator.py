@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quorum.registry import CATEGORIES as REGISTRY_CATEGORIES
 from quorum.simulator import (
     LEAK_MARKER,
     MAX_BODY_BYTES,
@@ -29,7 +30,8 @@ from quorum.simulator import (
 )
 
 PROMPT = "Please summarise the history of the Roman aqueducts in three sentences"
-CATEGORIES = {"violence", "adult", "hate", "spam", "harassment"}
+# the simulated judge answers every category the registry (and so the judges' schema) knows
+CATEGORIES = set(REGISTRY_CATEGORIES)
 JUDGE_FORMAT = {
     "type": "json_schema",
     "json_schema": {"name": "moderation_verdict", "strict": True, "schema": {"type": "object"}},
@@ -245,9 +247,17 @@ def test_judge_mode_flags_keywords(sim: ProviderSimulator, client: httpx.Client)
 def test_judge_mode_only_for_moderation_schema(
     sim: ProviderSimulator, client: httpx.Client
 ) -> None:
-    other = {"type": "json_schema", "json_schema": {"name": "something_else", "schema": {}}}
+    """Another schema gets JSON that follows it (not a verdict, not prose)."""
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+    }
+    other = {"type": "json_schema", "json_schema": {"name": "something_else", "schema": schema}}
     body = chat(client, sim, response_format=other).json()
-    assert body["choices"][0]["message"]["content"].startswith("[simulated gpt-4.1] ")
+    content = json.loads(body["choices"][0]["message"]["content"])
+    assert set(content) == {"city", "population"} and isinstance(content["population"], int)
+    assert "is_safe" not in content
 
 
 @settings(max_examples=200, deadline=None)
@@ -559,3 +569,133 @@ def test_cli_serves_until_sigterm() -> None:
         for pipe in (proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def test_stats_count_what_a_provider_would_bill(
+    sim: ProviderSimulator, client: httpx.Client
+) -> None:
+    base = sim.url.removesuffix("/v1")
+    ok = chat(client, sim).json()["usage"]
+    stream_chat(client, sim)
+    sim.add_fault(Fault(kind="status", status=503, times=1))
+    assert chat(client, sim).status_code == 503  # an error status bills nothing
+    stats = client.get(f"{base}/_simulator/stats").json()
+    assert stats["completions"] == 2 == sim.stats["completions"]
+    assert stats["prompt_tokens"] == 2 * ok["prompt_tokens"]
+    assert client.delete(f"{base}/_simulator/stats").json()["completions"] == 0
+
+
+# -- the simulated prompt cache --------------------------------------------------------------
+
+LONG = "The quick brown fox jumps over the lazy dog. " * 100  # 4,500 characters: 1,125 tokens
+
+
+def conversation(client: httpx.Client, sim: ProviderSimulator, *messages: tuple[str, str],
+                 model: str = "gpt-4.1", stream: bool = False) -> dict[str, Any]:  # fmt: skip
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": r, "content": c} for r, c in messages],
+    }
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        resp = client.post(f"{sim.url}/chat/completions", json=body)
+        return dict(json.loads(sse_events(resp)[-2])["usage"])
+    return dict(client.post(f"{sim.url}/chat/completions", json=body).json()["usage"])
+
+
+def test_a_repeated_long_prompt_is_served_from_the_cache(
+    sim: ProviderSimulator, client: httpx.Client
+) -> None:
+    first = conversation(client, sim, ("system", LONG), ("user", "first question"))
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}  # always reported
+    # the same system prompt, another question: the system message comes from the cache
+    second = conversation(client, sim, ("system", LONG), ("user", "second question"), stream=True)
+    assert second["prompt_tokens_details"] == {"cached_tokens": count_tokens(LONG)}
+    assert second["prompt_tokens"] == count_tokens(LONG) + count_tokens("second question")
+    # the whole prompt again: all of it
+    third = conversation(client, sim, ("system", LONG), ("user", "second question"))
+    assert third["prompt_tokens_details"]["cached_tokens"] == third["prompt_tokens"]
+    # per model: another model has seen nothing
+    other = conversation(client, sim, ("system", LONG), ("user", "x"), model="deepseek-v3.2")
+    assert other["prompt_tokens_details"]["cached_tokens"] == 0
+    assert sim.stats["cached_tokens"] == count_tokens(LONG) + third["prompt_tokens"]
+    sim.clear_prompt_cache()
+    again = conversation(client, sim, ("system", LONG), ("user", "first question"))
+    assert again["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_only_a_leading_run_of_whole_messages_is_cached(
+    sim: ProviderSimulator, client: httpx.Client
+) -> None:
+    conversation(client, sim, ("user", LONG), ("assistant", "an answer"), ("user", "more"))
+    # the first message changed: nothing is a prefix any more
+    changed = conversation(client, sim, ("user", LONG + "!"), ("assistant", "an answer"))
+    assert changed["prompt_tokens_details"]["cached_tokens"] == 0
+    # a longer conversation that begins the same way: its first three messages are cached
+    longer = conversation(
+        client, sim, ("user", LONG), ("assistant", "an answer"), ("user", "more"), ("user", "end")
+    )
+    assert longer["prompt_tokens_details"]["cached_tokens"] == count_tokens(LONG) + count_tokens(
+        "an answer"
+    ) + count_tokens("more")
+
+
+def test_short_prompts_are_not_cached_below_the_minimum(client: httpx.Client) -> None:
+    with ProviderSimulator() as sim:
+        for _ in range(2):
+            usage = conversation(client, sim, ("user", PROMPT))
+        assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+    with ProviderSimulator(prompt_cache_min_tokens=1) as sim:
+        conversation(client, sim, ("user", PROMPT))
+        usage = conversation(client, sim, ("user", PROMPT))
+        assert usage["prompt_tokens_details"]["cached_tokens"] == count_tokens(PROMPT)
+    with pytest.raises(ValueError, match="prompt_cache_min_tokens"):
+        ProviderSimulator(prompt_cache_min_tokens=0)
+
+
+def test_errors_cache_nothing(sim: ProviderSimulator, client: httpx.Client) -> None:
+    sim.add_fault(Fault("status", status=500, times=1))
+    assert chat(client, sim, prompt=LONG).status_code == 500
+    usage = chat(client, sim, prompt=LONG).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_any_json_schema_gets_an_answer_that_validates() -> None:
+    """Structured outputs beyond the judge's verdict: what a Pydantic model's schema asks
+    for (the official SDK's parse() sends exactly this)."""
+    from enum import StrEnum
+
+    from pydantic import BaseModel, Field
+
+    from quorum.simulator import example_of
+
+    class Mood(StrEnum):
+        calm = "calm"
+        loud = "loud"
+
+    class Step(BaseModel):
+        explanation: str
+        output: str
+
+    class Answer(BaseModel):
+        steps: list[Step]
+        final: str = Field(min_length=3)
+        mood: Mood
+        score: float
+        count: int
+        ok: bool
+        note: str | None
+
+    value = example_of(Answer.model_json_schema(), "solve 8x + 7 = -23")
+    parsed = Answer.model_validate(value)
+    assert parsed.steps and parsed.steps[0].explanation.startswith("simulated")
+
+
+def test_a_model_it_does_not_serve_is_404_model_not_found() -> None:
+    with ProviderSimulator(models=["gpt-4.1"]) as sim, httpx.Client() as client:
+        ok = chat(client, sim)
+        assert ok.status_code == 200
+        gone = chat(client, sim, model="gpt-9")
+        assert gone.status_code == 404
+        err = gone.json()["error"]
+        assert err["code"] == "model_not_found" and err["type"] == "invalid_request_error"

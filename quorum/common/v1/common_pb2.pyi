@@ -14,12 +14,16 @@ class Category(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CATEGORY_HATE: _ClassVar[Category]
     CATEGORY_SPAM: _ClassVar[Category]
     CATEGORY_HARASSMENT: _ClassVar[Category]
+    CATEGORY_INJECTION: _ClassVar[Category]
+    CATEGORY_SELF_HARM: _ClassVar[Category]
 CATEGORY_UNSPECIFIED: Category
 CATEGORY_VIOLENCE: Category
 CATEGORY_ADULT: Category
 CATEGORY_HATE: Category
 CATEGORY_SPAM: Category
 CATEGORY_HARASSMENT: Category
+CATEGORY_INJECTION: Category
+CATEGORY_SELF_HARM: Category
 
 class Money(_message.Message):
     __slots__ = ("micros", "currency")
@@ -30,12 +34,14 @@ class Money(_message.Message):
     def __init__(self, micros: _Optional[int] = ..., currency: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("input_tokens", "output_tokens")
+    __slots__ = ("input_tokens", "output_tokens", "cached_input_tokens")
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     input_tokens: int
     output_tokens: int
-    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+    cached_input_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ...) -> None: ...
 
 class CategoryScore(_message.Message):
     __slots__ = ("category", "score")

@@ -27,25 +27,25 @@ from quorum.common.v1 import common_pb2 as quorum_dot_common_dot_v1_dot_common__
 from quorum.voter.v1 import voter_pb2 as quorum_dot_voter_dot_v1_dot_voter__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquorum/router/v1/router.proto\x12\x10quorum.router.v1\x1a\x1dquorum/common/v1/common.proto\x1a\x1bquorum/voter/v1/voter.proto\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf3\x01\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.quorum.router.v1.Message\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x34\n\nmoderation\x18\x08 \x01(\x0e\x32 .quorum.router.v1.ModerationModeB\x0e\n\x0c_temperature\"\x8b\x03\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tsimulated\x18\x04 \x01(\x08\x12\x14\n\x0croute_reason\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12%\n\x04\x63ost\x18\t \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x12\n\nlatency_ms\x18\n \x01(\x03\x12\x16\n\x0eusage_recorded\x18\x0b \x01(\x08\x12;\n\x10input_moderation\x18\x0c \x01(\x0b\x32!.quorum.voter.v1.ModerateResponse\x12<\n\x11output_moderation\x18\r \x01(\x0b\x32!.quorum.voter.v1.ModerateResponse\"K\n\x15\x43ompleteStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.quorum.router.v1.CompleteRequest\"i\n\x16\x43ompleteStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x35\n\x07summary\x18\x02 \x01(\x0b\x32\".quorum.router.v1.CompleteResponseH\x00\x42\x07\n\x05\x65vent*\x9c\x01\n\x0eModerationMode\x12\x1f\n\x1bMODERATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODERATION_MODE_NONE\x10\x01\x12\x19\n\x15MODERATION_MODE_INPUT\x10\x02\x12\x1a\n\x16MODERATION_MODE_OUTPUT\x10\x03\x12\x18\n\x14MODERATION_MODE_BOTH\x10\x04\x32\xc9\x01\n\rRouterService\x12Q\n\x08\x43omplete\x12!.quorum.router.v1.CompleteRequest\x1a\".quorum.router.v1.CompleteResponse\x12\x65\n\x0e\x43ompleteStream\x12\'.quorum.router.v1.CompleteStreamRequest\x1a(.quorum.router.v1.CompleteStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquorum/router/v1/router.proto\x12\x10quorum.router.v1\x1a\x1dquorum/common/v1/common.proto\x1a\x1bquorum/voter/v1/voter.proto\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x97\x02\n\x0f\x43ompleteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12+\n\x08messages\x18\x05 \x03(\x0b\x32\x19.quorum.router.v1.Message\x12\x12\n\nmax_tokens\x18\x06 \x01(\x05\x12\x18\n\x0btemperature\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x34\n\nmoderation\x18\x08 \x01(\x0e\x32 .quorum.router.v1.ModerationMode\x12\x15\n\x08model_id\x18\t \x01(\x05H\x01\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x0b\n\t_model_id\"\xb6\x03\n\x10\x43ompleteResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tsimulated\x18\x04 \x01(\x08\x12\x14\n\x0croute_reason\x18\x05 \x01(\t\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x15\n\rfinish_reason\x18\x07 \x01(\t\x12&\n\x05usage\x18\x08 \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12%\n\x04\x63ost\x18\t \x01(\x0b\x32\x17.quorum.common.v1.Money\x12\x12\n\nlatency_ms\x18\n \x01(\x03\x12\x16\n\x0eusage_recorded\x18\x0b \x01(\x08\x12;\n\x10input_moderation\x18\x0c \x01(\x0b\x32!.quorum.voter.v1.ModerateResponse\x12<\n\x11output_moderation\x18\r \x01(\x0b\x32!.quorum.voter.v1.ModerateResponse\x12\x10\n\x08replayed\x18\x0e \x01(\x08\x12\x17\n\x0fusage_estimated\x18\x0f \x01(\x08\"K\n\x15\x43ompleteStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.quorum.router.v1.CompleteRequest\"i\n\x16\x43ompleteStreamResponse\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12\x35\n\x07summary\x18\x02 \x01(\x0b\x32\".quorum.router.v1.CompleteResponseH\x00\x42\x07\n\x05\x65vent*\x9c\x01\n\x0eModerationMode\x12\x1f\n\x1bMODERATION_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14MODERATION_MODE_NONE\x10\x01\x12\x19\n\x15MODERATION_MODE_INPUT\x10\x02\x12\x1a\n\x16MODERATION_MODE_OUTPUT\x10\x03\x12\x18\n\x14MODERATION_MODE_BOTH\x10\x04\x32\xc9\x01\n\rRouterService\x12Q\n\x08\x43omplete\x12!.quorum.router.v1.CompleteRequest\x1a\".quorum.router.v1.CompleteResponse\x12\x65\n\x0e\x43ompleteStream\x12\'.quorum.router.v1.CompleteStreamRequest\x1a(.quorum.router.v1.CompleteStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quorum.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODERATIONMODE']._serialized_start=982
-  _globals['_MODERATIONMODE']._serialized_end=1138
+  _globals['_MODERATIONMODE']._serialized_start=1061
+  _globals['_MODERATIONMODE']._serialized_end=1217
   _globals['_MESSAGE']._serialized_start=111
   _globals['_MESSAGE']._serialized_end=151
   _globals['_COMPLETEREQUEST']._serialized_start=154
-  _globals['_COMPLETEREQUEST']._serialized_end=397
-  _globals['_COMPLETERESPONSE']._serialized_start=400
-  _globals['_COMPLETERESPONSE']._serialized_end=795
-  _globals['_COMPLETESTREAMREQUEST']._serialized_start=797
-  _globals['_COMPLETESTREAMREQUEST']._serialized_end=872
-  _globals['_COMPLETESTREAMRESPONSE']._serialized_start=874
-  _globals['_COMPLETESTREAMRESPONSE']._serialized_end=979
-  _globals['_ROUTERSERVICE']._serialized_start=1141
-  _globals['_ROUTERSERVICE']._serialized_end=1342
+  _globals['_COMPLETEREQUEST']._serialized_end=433
+  _globals['_COMPLETERESPONSE']._serialized_start=436
+  _globals['_COMPLETERESPONSE']._serialized_end=874
+  _globals['_COMPLETESTREAMREQUEST']._serialized_start=876
+  _globals['_COMPLETESTREAMREQUEST']._serialized_end=951
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_start=953
+  _globals['_COMPLETESTREAMRESPONSE']._serialized_end=1058
+  _globals['_ROUTERSERVICE']._serialized_start=1220
+  _globals['_ROUTERSERVICE']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

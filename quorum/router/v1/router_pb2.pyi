@@ -32,7 +32,7 @@ class Message(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("request_id", "model", "task", "prompt", "messages", "max_tokens", "temperature", "moderation")
+    __slots__ = ("request_id", "model", "task", "prompt", "messages", "max_tokens", "temperature", "moderation", "model_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class CompleteRequest(_message.Message):
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MODERATION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     task: str
@@ -49,10 +50,11 @@ class CompleteRequest(_message.Message):
     max_tokens: int
     temperature: float
     moderation: ModerationMode
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., moderation: _Optional[_Union[ModerationMode, str]] = ...) -> None: ...
+    model_id: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., moderation: _Optional[_Union[ModerationMode, str]] = ..., model_id: _Optional[int] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("request_id", "model", "provider", "simulated", "route_reason", "text", "finish_reason", "usage", "cost", "latency_ms", "usage_recorded", "input_moderation", "output_moderation")
+    __slots__ = ("request_id", "model", "provider", "simulated", "route_reason", "text", "finish_reason", "usage", "cost", "latency_ms", "usage_recorded", "input_moderation", "output_moderation", "replayed", "usage_estimated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +68,8 @@ class CompleteResponse(_message.Message):
     USAGE_RECORDED_FIELD_NUMBER: _ClassVar[int]
     INPUT_MODERATION_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_MODERATION_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     provider: str
@@ -79,7 +83,9 @@ class CompleteResponse(_message.Message):
     usage_recorded: bool
     input_moderation: _voter_pb2.ModerateResponse
     output_moderation: _voter_pb2.ModerateResponse
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., simulated: _Optional[bool] = ..., route_reason: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., latency_ms: _Optional[int] = ..., usage_recorded: _Optional[bool] = ..., input_moderation: _Optional[_Union[_voter_pb2.ModerateResponse, _Mapping]] = ..., output_moderation: _Optional[_Union[_voter_pb2.ModerateResponse, _Mapping]] = ...) -> None: ...
+    replayed: bool
+    usage_estimated: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., simulated: _Optional[bool] = ..., route_reason: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., latency_ms: _Optional[int] = ..., usage_recorded: _Optional[bool] = ..., input_moderation: _Optional[_Union[_voter_pb2.ModerateResponse, _Mapping]] = ..., output_moderation: _Optional[_Union[_voter_pb2.ModerateResponse, _Mapping]] = ..., replayed: _Optional[bool] = ..., usage_estimated: _Optional[bool] = ...) -> None: ...
 
 class CompleteStreamRequest(_message.Message):
     __slots__ = ("request",)

@@ -1,0 +1,120 @@
+"""In-process services for integration tests: real grpc.aio servers on loopback ports, built
+by each service's own ``create``; a config that points them at each other and at a provider
+simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from quorum import config
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.ids import free_ports
+from quorum.router.v1 import router_pb2_grpc
+
+__all__ = ["free_port", "mesh_config", "reason", "start", "stop", "wait_for_recorded"]
+
+
+def reason(err: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+async def wait_for_recorded(cost_port: int, timeout_s: float = 15.0):
+    """Poll the cost service's summary until it holds a record (or the time is up)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
+        stub = cost_pb2_grpc.CostServiceStub(ch)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            summary = await stub.GetUsageSummary(
+                cost_pb2.GetUsageSummaryRequest(), timeout=5, wait_for_ready=True
+            )
+            if summary.requests or time.monotonic() > deadline:
+                return summary
+            await asyncio.sleep(0.2)
+
+
+def mesh_config(sim_url: str, *, cost_port: int, voter_port: int, moderation: str) -> dict:
+    data = config.load(env={})
+    data["providers"]["sim"] = {"base_url": sim_url, "simulated": True}
+    data["models"] = {
+        "sim-chat": {"provider": "sim", "input_per_mtok": "1.00", "output_per_mtok": "2.00"},
+        "profanity-check": {
+            "triton_model": "profanity_check",
+            "moderation": {"weight": 1.0, "categories": ["harassment", "hate"], "threshold": 0.5},
+        },
+    }
+    data["registry"] = {"default_model": "sim-chat"}
+    data["router"] |= {
+        "cost_address": f"127.0.0.1:{cost_port}",
+        "voter_address": f"127.0.0.1:{voter_port}",
+        "moderation": moderation,
+    }
+    data["voter"] |= {
+        "cost_address": f"127.0.0.1:{cost_port}",
+        "triton_address": f"127.0.0.1:{free_port()}",  # nothing listens there
+    }
+    data["cost"]["address"] = f"127.0.0.1:{cost_port}"
+    # never the default ports: a mesh (or another test run) may be using them
+    data["router"]["address"] = "127.0.0.1:0"
+    data["voter"]["address"] = "127.0.0.1:0"
+    return data
+
+
+async def start(create, settings) -> AsyncIterator:
+    server, port, monitor, close = await create(settings)
+    await server.start()
+    await monitor.update()
+    return server, port, monitor, close
+
+
+async def stop(handle) -> None:
+    server, _, monitor, close = handle
+    await monitor.stop()
+    await server.stop(0.5)
+    await close()
+
+
+@asynccontextmanager
+async def router_for(data: dict, env: dict) -> AsyncIterator[router_pb2_grpc.RouterServiceStub]:
+    """The cost service and a router over ``data`` (in process), stopped on exit; yields a
+    stub on a channel to the router."""
+    async with AsyncExitStack() as stack:
+        _, router = await stack.enter_async_context(cost_and_router(data, env))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}")
+        await stack.enter_async_context(channel)
+        yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+@asynccontextmanager
+async def cost_and_router(data: dict, env: dict) -> AsyncIterator[tuple]:
+    """The cost service and a router over ``data`` (in process), stopped on exit; yields
+    their (server, port, monitor, close) handles."""
+    from services.cost import server as cost_server
+    from services.cost.config import from_config as cost_settings
+    from services.router import server as router_server
+    from services.router.config import RouterSettings
+
+    cost = await start(cost_server.create, cost_settings(data, env))
+    try:
+        router = await start(router_server.create, RouterSettings.from_config(data, env))
+        try:
+            yield cost, router
+        finally:
+            await stop(router)
+    finally:
+        await stop(cost)

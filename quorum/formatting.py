@@ -148,23 +148,46 @@ def format_budget_event(status: cost_pb2.BudgetStatus, new_alerts: Sequence[floa
     return "\n".join(lines)
 
 
+#: shown for an official cost (and saving) that cannot be computed: never 0
+UNKNOWN = "unknown"
+_MONEY_HEADS = ("cost", "official", "saving")
+
+
+def _report_cells(r: cost_pb2.ReportRow) -> tuple[str, str, str]:
+    """The cost, the official cost and the saving of a report row, for people."""
+    money = protoconv.format_money
+    if not r.HasField("official_cost"):
+        return money(r.cost), UNKNOWN, UNKNOWN
+    return money(r.cost), money(r.official_cost), money(r.saving)
+
+
 def format_report(resp: cost_pb2.GetUsageReportResponse, by: str) -> str:
     if not resp.rows:
         return "no usage in that range"
-    width = max(12, *(len(r.key) for r in resp.rows))
-    lines = [f"{by:<{width}} {'requests':>8} {'in':>10} {'out':>10}  cost"]
-    for r in resp.rows:
+    totals = list(resp.currency_totals)
+    labels = ["total"] if len(totals) == 1 else [f"total {t.key}" for t in totals]
+    rows = [*resp.rows, *totals]
+    keys = [*(r.key for r in resp.rows), *labels]
+    cells = [_report_cells(r) for r in rows]
+    width = max(12, *(len(k) for k in keys))
+    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_MONEY_HEADS)]
+    head = "  ".join(f"{h:>{n}}" for h, n in zip(_MONEY_HEADS, w, strict=True))
+    lines = [f"{by:<{width}} {'requests':>8} {'in':>10} {'out':>10}  {head}"]
+    for key, r, c in zip(keys, rows, cells, strict=True):
+        shown = "  ".join(f"{v:>{n}}" for v, n in zip(c, w, strict=True))
         lines.append(
-            f"{r.key:<{width}} {r.requests:>8} {r.usage.input_tokens:>10} "
-            f"{r.usage.output_tokens:>10}  {protoconv.format_money(r.cost)}"
+            f"{key:<{width}} {r.requests:>8} {r.usage.input_tokens:>10} "
+            f"{r.usage.output_tokens:>10}  {shown}"
         )
-    totals = "; ".join(protoconv.format_money(t) for t in resp.totals)
-    lines.append(
-        f"{'total':<{width}} {resp.requests:>8} {resp.usage.input_tokens:>10} "
-        f"{resp.usage.output_tokens:>10}  {totals}"
-    )
     if resp.estimated_requests:
         lines.append(f"{resp.estimated_requests} of the requests have estimated token counts")
+    without = sum(r.requests_without_official_cost for r in resp.rows)
+    if without:
+        lines.append(
+            f"{without} of the requests have no official cost (no official exchange rate "
+            "converted their list price at their time, or they were recorded before the "
+            f"ledger kept official costs): official and saving are {UNKNOWN} for their rows"
+        )
     return "\n".join(lines)
 
 

@@ -12,8 +12,8 @@ portable subset both databases share (``ON CONFLICT``, ``RETURNING``). ``{lock}`
 PostgreSQL, nothing in SQLite, whose write transactions are already serialised
 (``BEGIN IMMEDIATE``).
 
-Tables (schema version 3; version 4 adds ``usage.cached_input_tokens``): ``usage`` gains
-``tenant``; ``budgets`` holds one row per
+Tables (schema version 3; version 4 adds ``usage.cached_input_tokens``, version 5
+``usage.official_cost_micros``): ``usage`` gains ``tenant``; ``budgets`` holds one row per
 (tenant, model or ""); ``budget_spend`` keeps, per budget and month, what was spent per
 currency (kept up to date by every insert into ``usage``, rebuilt for the current month when
 a budget is set); ``reservations`` holds amounts set aside before calls.
@@ -90,6 +90,11 @@ V3_TABLES: tuple[str, ...] = (
     "CREATE INDEX usage_tenant ON usage (tenant, occurred_at_us)",
 )
 V3_USAGE_TENANT = "ALTER TABLE usage ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'"
+
+#: schema version 5, the same in both databases: what the call would have cost at the official
+#: exchange rate, in the row's currency; NULL when no official rate converted the pair at the
+#: call's time, and for every row recorded before version 5 (nothing here can price those)
+V5_USAGE_OFFICIAL = "ALTER TABLE usage ADD COLUMN official_cost_micros BIGINT"
 
 OPEN, COMMITTED, RELEASED = "open", "committed", "released"
 #: how long closed or expired reservations are kept (for late commits and for answers to
@@ -188,7 +193,8 @@ def lock_budgets(calls: Iterable[tuple[str, str]]) -> Program[dict[tuple[str, st
 
 USAGE_COLUMNS = (
     "request_id, model, source, input_tokens, output_tokens, cost_micros, currency, "
-    "occurred_at_us, estimated, recorded_at_us, tenant, cached_input_tokens"
+    "occurred_at_us, estimated, recorded_at_us, tenant, cached_input_tokens, "
+    "official_cost_micros"
 )
 
 
@@ -214,7 +220,7 @@ def insert_usage(
     known; a new row is added to the spend of every budget it counts against: ``budgets``
     when the caller has them locked already (:func:`lock_budgets`), else :func:`covering`."""
     rows = yield Sql(
-        f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+        f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
         "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
         values,
     )
@@ -561,6 +567,10 @@ class UsageGroup:
     output_tokens: int
     cost_micros: int
     estimated_requests: int
+    #: the official costs of the requests that have one, summed (see V5_USAGE_OFFICIAL)
+    official_known_micros: int
+    #: how many of the requests have none
+    requests_without_official: int
 
 
 def usage_groups(
@@ -572,7 +582,8 @@ def usage_groups(
     by_time: bool,
 ) -> Program[list[UsageGroup]]:
     """The usage rows in ``[start_us, end_us)`` (bounds optional), of one tenant and one
-    model when given, summed per tenant, model, currency and, with ``by_time``, quarter-hour."""
+    model when given, summed per tenant, model, currency and, with ``by_time``, quarter-hour,
+    with the sum of their official costs and how many have none."""
     where: list[str] = []
     params: list[object] = []
     for clause, value in (
@@ -587,8 +598,8 @@ def usage_groups(
     quarter = f"occurred_at_us / {QUARTER_US:d}" if by_time else "0"
     rows = yield Sql(
         f"SELECT tenant, model, currency, {quarter}, COUNT(*), SUM(input_tokens), "  # noqa: S608
-        "SUM(output_tokens), SUM(cost_micros), SUM(CASE WHEN estimated THEN 1 ELSE 0 END) "
-        "FROM usage"
+        "SUM(output_tokens), SUM(cost_micros), SUM(CASE WHEN estimated THEN 1 ELSE 0 END), "
+        "SUM(official_cost_micros), COUNT(*) - COUNT(official_cost_micros) FROM usage"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " GROUP BY tenant, model, currency"
         + (f", {quarter}" if by_time else ""),
@@ -598,6 +609,9 @@ def usage_groups(
 
 
 def _group(row: Sequence[Any], by_time: bool) -> UsageGroup:
-    t, m, c, q, n, i, o, cost, est = row
+    t, m, c, q, n, i, o, cost, est, official, without = row
     quarter = int(q) * QUARTER_US if by_time else None
-    return UsageGroup(str(t), str(m), str(c), quarter, int(n), int(i), int(o), int(cost), int(est))
+    return UsageGroup(
+        str(t), str(m), str(c), quarter, int(n), int(i), int(o), int(cost), int(est),
+        0 if official is None else int(official), int(without),
+    )  # fmt: skip

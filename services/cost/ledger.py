@@ -9,9 +9,9 @@ Contract every backend keeps:
 
 - ``record`` is idempotent on ``request_id``. The first record wins; recording the same
   request id again with the same model and token counts (cached input tokens included)
-  returns the *stored* record (its cost, even if prices changed since) with
-  ``duplicate=True``. The same request id with a
-  different model or different token counts raises :class:`~quorum.errors.FailedPrecondition`
+  returns the *stored* record (its cost and official cost, even if prices or rates changed
+  since) with ``duplicate=True``. The same request id with a different model or different
+  token counts raises :class:`~quorum.errors.FailedPrecondition`
   (reason ``REQUEST_ID_REUSED``). ``source`` and ``occurred_at`` are not compared: a retry
   that lets ``occurred_at`` default to "now" is still the same call.
 - ``summary`` sums integers only (tokens and micro-units), grouped per model *and* currency,
@@ -75,6 +75,11 @@ class LedgerEntry:
     tenant: str = DEFAULT_TENANT
     #: the part of ``input_tokens`` served from the provider's prompt cache
     cached_input_tokens: int = 0
+    #: what the call would have cost at its list price converted at the official exchange
+    #: rate of its time, in ``currency`` (``cost_micros`` itself unless its provider bills at
+    #: a rate of its own); None when no official rate converted the pair then, and for records
+    #: stored before the ledger kept it (schema version 5)
+    official_cost_micros: int | None = None
 
     def same_call(self, other: LedgerEntry) -> bool:
         """Whether ``other`` describes the same call (what a retry must repeat)."""
@@ -105,6 +110,7 @@ class LedgerEntry:
             recorded_at_us,
             self.tenant,
             self.cached_input_tokens,
+            self.official_cost_micros,
         )
 
 
@@ -280,6 +286,7 @@ def repeat_of(usage: LedgerEntry, row: Sequence[Any]) -> Recorded:
         estimated=bool(row[8]),
         tenant=str(row[10]),
         cached_input_tokens=int(row[11]),
+        official_cost_micros=None if row[12] is None else int(row[12]),
     )
     if not stored.same_call(usage):
         raise reused(usage.request_id)
@@ -446,9 +453,20 @@ def _v4_cached_input(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE usage ADD COLUMN cached_input_tokens INTEGER NOT NULL DEFAULT 0")
 
 
+def _v5_official_cost(conn: sqlite3.Connection) -> None:
+    # the official cost of each call (NULL for older rows: nothing here can price them)
+    conn.execute(accounts.V5_USAGE_OFFICIAL)
+
+
 #: Schema steps in order; step ``i`` takes ``PRAGMA user_version`` from ``i`` to ``i + 1``.
 #: Append new steps (new tables, columns, indexes); never edit or reorder released ones.
-MIGRATIONS: tuple[Migration, ...] = (_v1_usage, _v2_estimated, _v3_budgets, _v4_cached_input)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_usage,
+    _v2_estimated,
+    _v3_budgets,
+    _v4_cached_input,
+    _v5_official_cost,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -178,6 +178,7 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
     ("ALTER TABLE usage ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT false",),
     (accounts.V3_USAGE_TENANT, *accounts.V3_TABLES),
     _PG_V4_CACHED_INPUT,
+    (accounts.V5_USAGE_OFFICIAL,),
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "PostgreSQL and SQLite schemas must step together"
 

@@ -6,7 +6,8 @@ Errors are :mod:`quorum.errors` exceptions: an unknown model is NotFound (MODEL_
 model with no price at the time is FailedPrecondition (PRICE_NOT_FOUND); a billing currency
 no rate converts into at the time is FailedPrecondition (NO_EXCHANGE_RATE); a currency asked
 for an estimate that no official rate converts into is NotFound (EXCHANGE_RATE_NOT_FOUND,
-field ``currency``).
+field ``currency``); a budget currency that some call the budget covers could not be counted
+in is InvalidArgument (INVALID_FIELD, field ``budget.limit.currency``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from decimal import Decimal
 
 from quorum import money
 from quorum.backends.types import TokenUsage
-from quorum.errors import NotFound
-from quorum.money import NoExchangeRate
+from quorum.errors import InvalidArgument, NotFound
+from quorum.money import NoExchangeRate, Rates
 from quorum.pricing import Bill, Billing, Cost, Price, bill
-from quorum.registry import Registry
+from quorum.registry import ModelSpec, Registry
+
+_ONE = Decimal(1)
 
 
 def price_call(registry: Registry, model: str, usage: TokenUsage, at_us: int) -> tuple[str, Bill]:
@@ -27,6 +30,22 @@ def price_call(registry: Registry, model: str, usage: TokenUsage, at_us: int) ->
     in effect, in the model's billing currency."""
     spec = registry.get(model)
     return spec.name, bill(spec.name, spec.pricing, usage, at_us, registry.rates)
+
+
+def official(rates: Rates, priced: Bill, at_us: int) -> tuple[Cost, Decimal] | None:
+    """What ``priced`` costs at the official exchange rate of ``at_us`` (its list cost
+    converted into its billing currency, rounded half-up once) and that rate; None when no
+    official rate converts the pair then. A call billed in its list currency, or at the
+    official rate, costs exactly that already: its cost, at its own rate (1 for none)."""
+    if not priced.own_rate:
+        return priced.cost, _ONE if priced.rate is None else priced.rate
+    listed, billed = priced.price.currency, priced.cost.currency
+    try:
+        rate = rates.rate(listed, billed, at_us)
+        exact = rates.convert_exact(priced.exact_list_micros, listed, billed, at_us)
+    except NoExchangeRate:
+        return None  # nothing official to compare with
+    return Cost(money.to_micros(exact), billed), rate
 
 
 @dataclass(frozen=True)
@@ -89,21 +108,15 @@ def estimate(
     rates = registry.rates
     cost = priced.cost
     out = Estimate(name, at_us, priced, spec.pricing.billing)
-    if priced.own_rate:
-        listed = priced.price.currency
-        try:
-            rate = rates.rate(listed, cost.currency, at_us)
-            exact = rates.convert_exact(priced.exact_list_micros, listed, cost.currency, at_us)
-        except NoExchangeRate:
-            pass  # nothing official to compare with
-        else:
-            official = Cost(money.to_micros(exact), cost.currency)
-            out = replace(
-                out,
-                official=official,
-                official_rate=rate,
-                saving=Cost(official.micros - cost.micros, cost.currency),
-            )
+    found = official(rates, priced, at_us) if priced.own_rate else None
+    if found is not None:
+        at_official, rate = found
+        out = replace(
+            out,
+            official=at_official,
+            official_rate=rate,
+            saving=Cost(at_official.micros - cost.micros, cost.currency),
+        )
     if currency:
         try:
             rate = rates.rate(cost.currency, currency, at_us)
@@ -118,3 +131,39 @@ def estimate(
             ) from None
         out = replace(out, converted=Cost(converted, currency), conversion_rate=rate)
     return out
+
+
+def _name(spec: ModelSpec) -> str:
+    return spec.name
+
+
+def check_budget_currency(registry: Registry, currency: str, model: str, at_us: int) -> None:
+    """Make sure a budget in ``currency`` (for ``model``; "" for every model) can count every
+    call it covers: an official exchange rate in effect at ``at_us`` must convert into it the
+    billing currency of each covered model's price in effect then and of each later one. (A
+    rate in effect stays in effect until the pair's next one, so what converts now converts
+    for good, as long as the configuration keeps it.) A model with no price is never billed,
+    and a free one is billed 0 in its currency, which must convert all the same: every
+    reservation and every status sums the budget's calls in its currency.
+
+    Raises InvalidArgument (INVALID_FIELD, field ``budget.limit.currency``) naming the first
+    model (by name) whose billing currency does not convert, with ``from``, ``to`` and
+    ``model`` in the metadata."""
+    specs = [registry.get(model)] if model else sorted(registry.models.values(), key=_name)
+    for spec in specs:
+        pricing = spec.pricing
+        current = pricing.at(at_us)
+        start = 0 if current is None else pricing.prices.index(current)
+        for billed in dict.fromkeys(pricing.billing_currency(p) for p in pricing.prices[start:]):
+            try:
+                registry.rates.rate(billed, currency, at_us)
+            except NoExchangeRate as e:
+                field = "budget.limit.currency"
+                raise InvalidArgument(
+                    f"{field}: no exchange rate converts {billed} (the billing currency of "
+                    f"{spec.name}) into {currency} at {money.format_instant(at_us)}, so the "
+                    "budget could not count its calls (add one in [[exchange_rates]], or "
+                    "give the budget in a currency its models are billed in)",
+                    reason="INVALID_FIELD",
+                    metadata={**e.metadata, "field": field, "model": spec.name[:100]},
+                ) from None

@@ -34,7 +34,7 @@ from quorum.ids import tenant as _tenant
 from quorum.pricing import Billing, Cost, Price, micros_per_mtok
 from quorum.registry import Registry
 from quorum.usage import MAX_BATCH_RECORDS
-from services.cost import prices
+from services.cost import prices, reports
 from services.cost.budgets import Budget, Status
 from services.cost.ledger import Ledger, Recorded, Summary, now_us
 from services.cost.spending import DEFAULT_TTL_US, MAX_TTL_US, Call, Spending
@@ -217,6 +217,21 @@ def _summary_response(summary: Summary) -> cost_pb2.GetUsageSummaryResponse:
         totals=[_money(t.micros, t.currency) for t in summary.totals],
         estimated_requests=summary.estimated_requests,
     )
+
+
+def _report_row(r: reports.ReportRow) -> cost_pb2.ReportRow:
+    out = cost_pb2.ReportRow(
+        key=r.key,
+        requests=r.requests,
+        usage=common_pb2.Usage(input_tokens=r.input_tokens, output_tokens=r.output_tokens),
+        cost=_money(r.cost_micros, r.currency),
+        estimated_requests=r.estimated_requests,
+        requests_without_official_cost=r.requests_without_official,
+    )
+    if r.official_micros is not None and r.saving_micros is not None:
+        out.official_cost.CopyFrom(_money(r.official_micros, r.currency))
+        out.saving.CopyFrom(_money(r.saving_micros, r.currency))
+    return out
 
 
 def budget_proto(b: Budget) -> cost_pb2.Budget:
@@ -506,25 +521,13 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
                 time_zone=time_zone,
             ),
         )
-        totals: dict[str, int] = {}
-        for r in rows:
-            totals[r.currency] = totals.get(r.currency, 0) + r.cost_micros
+        per_currency = reports.totals(rows)
         return cost_pb2.GetUsageReportResponse(
             group_by=request.group_by or cost_pb2.REPORT_GROUPING_MODEL,
             time_zone=time_zone,
-            rows=[
-                cost_pb2.ReportRow(
-                    key=r.key,
-                    requests=r.requests,
-                    usage=common_pb2.Usage(
-                        input_tokens=r.input_tokens, output_tokens=r.output_tokens
-                    ),
-                    cost=_money(r.cost_micros, r.currency),
-                    estimated_requests=r.estimated_requests,
-                )
-                for r in rows
-            ],
-            totals=[_money(m, c) for c, m in sorted(totals.items())],
+            rows=[_report_row(r) for r in rows],
+            totals=[_money(t.cost_micros, t.currency) for t in per_currency],
+            currency_totals=[_report_row(t) for t in per_currency],
             requests=sum(r.requests for r in rows),
             usage=common_pb2.Usage(
                 input_tokens=sum(r.input_tokens for r in rows),

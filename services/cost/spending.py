@@ -83,9 +83,14 @@ class Spending:
         return name, bill.cost
 
     def entry(self, call: Call) -> LedgerEntry:
-        """``call`` priced at its time, as the ledger stores it (NotFound MODEL_NOT_FOUND,
-        FailedPrecondition PRICE_NOT_FOUND or NO_EXCHANGE_RATE)."""
-        name, cost = self.price(call.model, call.usage, call.occurred_at_us)
+        """``call`` priced at its time, as the ledger stores it, with what it would have cost
+        at the official exchange rate of that time (None when no official rate converts the
+        pair then); NotFound MODEL_NOT_FOUND, FailedPrecondition PRICE_NOT_FOUND or
+        NO_EXCHANGE_RATE."""
+        at = call.occurred_at_us
+        name, bill = prices.price_call(self._registry, call.model, call.usage, at)
+        cost = bill.cost
+        official = prices.official(self._registry.rates, bill, at)
         return LedgerEntry(
             request_id=call.request_id,
             model=name,
@@ -98,6 +103,7 @@ class Spending:
             estimated=call.estimated,
             tenant=call.tenant,
             cached_input_tokens=call.usage.cached_input_tokens,
+            official_cost_micros=None if official is None else official[0].micros,
         )
 
     async def record(self, call: Call, reservation_id: str = "") -> Recorded:
@@ -167,7 +173,11 @@ class Spending:
         return released
 
     async def set_budget(self, budget: Budget) -> Status:
+        """Create or replace ``budget``; InvalidArgument naming the field, before anything is
+        written, when a value is out of range or the budget's currency cannot count every call
+        it covers (:func:`prices.check_budget_currency`)."""
         budget = check_budget(budget)
+        prices.check_budget_currency(self._registry, budget.currency, budget.model, self._clock())
         await self._ledger.set_budget(budget)
         await self._touch()
         (found,) = [s for s in await self.statuses(budget.tenant) if s.budget == budget]

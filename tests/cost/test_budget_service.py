@@ -29,6 +29,12 @@ def budget(limit: int, tenant: str = "acme", **kw: object) -> cost_pb2.SetBudget
     )
 
 
+def in_currency(currency: str) -> cost_pb2.SetBudgetRequest:
+    req = budget(100_000)
+    req.budget.limit.currency = currency
+    return req
+
+
 def reserve(
     rid: str, tenant: str = "acme", out: int = 1000, **kw: object
 ) -> cost_pb2.ReserveRequest:
@@ -133,6 +139,11 @@ async def test_wrong_commits_and_releases(cost: CostHarness) -> None:
         (lambda s: s.SetBudget(budget(1, time_zone="Mars/Base")), "INVALID_ARGUMENT", "time_zone"),
         (lambda s: s.SetBudget(budget(1, model="gpt-9")), "NOT_FOUND", None),
         (lambda s: s.SetBudget(cost_pb2.SetBudgetRequest()), "INVALID_ARGUMENT", "budget"),
+        (lambda s: s.SetBudget(in_currency("usd")), "INVALID_ARGUMENT", "budget.limit.currency"),
+        # well formed, but no exchange rate converts the models' USD into it (the defaults
+        # have none): every Reserve would fail NO_EXCHANGE_RATE
+        (lambda s: s.SetBudget(in_currency("XYZ")), "INVALID_ARGUMENT", "budget.limit.currency"),
+        (lambda s: s.SetBudget(in_currency("CNY")), "INVALID_ARGUMENT", "budget.limit.currency"),
         (
             lambda s: s.SetBudget(budget(1, alert_thresholds=[-0.5])),
             "INVALID_ARGUMENT",
@@ -169,6 +180,8 @@ async def test_bad_budget_calls_name_the_field(cost: CostHarness, call, code: st
     assert err.code() == getattr(grpc.StatusCode, code)
     if field is not None:
         assert error_info(err).metadata["field"] == field
+    status = await cost.stub.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(), timeout=5)
+    assert list(status.budgets) == []  # nothing half-written
 
 
 async def test_a_call_no_budget_covers_gets_no_reservation(cost: CostHarness) -> None:

@@ -400,6 +400,7 @@ async def test_list_prices_sorted_in_micros_per_million_tokens(cost: CostHarness
         ("deepseek-v3.2", 140_000, 420_000, "USD"),
         ("gemini-2.5-flash", 500_000, 2_500_000, "USD"),
         ("gpt-4.1", 2_000_000, 8_000_000, "USD"),
+        ("ngram-heads", 0, 0, "USD"),
         ("nsfw-check", 0, 0, "USD"),
         ("profanity-check", 0, 0, "USD"),
         ("text-heads", 0, 0, "USD"),

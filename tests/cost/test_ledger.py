@@ -123,6 +123,27 @@ async def test_reusing_a_request_id_for_another_call_is_an_error(
 # --- aggregation -----------------------------------------------------------------------------
 
 
+async def test_the_official_cost_is_stored_kept_on_a_retry_and_may_be_unknown(
+    ledger: AnyLedger,
+) -> None:
+    first = await ledger.record(replace(rec("a", currency="CNY"), official_cost_micros=43_800))
+    assert first.record.official_cost_micros == 43_800
+    # a retry priced anew (another official rate since) gets the stored record back
+    again = await ledger.record(replace(rec("a", currency="CNY"), official_cost_micros=1))
+    assert again.duplicate and again.record.official_cost_micros == 43_800
+    unknown = await ledger.record(rec("b", currency="CNY"))  # no official rate: None
+    assert unknown.record.official_cost_micros is None
+    again = await ledger.record(rec("b", currency="CNY"))
+    assert again.duplicate and again.record.official_cost_micros is None
+    (g,) = await ledger.usage_groups()
+    assert (g.requests, g.cost_micros, g.official_known_micros, g.requests_without_official) == (
+        2, 12_000, 43_800, 1,
+    )  # fmt: skip
+    (g,) = await ledger.usage_groups(end_us=1_700_000_000_000_001, by_time=True)
+    assert (g.requests, g.requests_without_official) == (2, 1)
+    assert await ledger.usage_groups(start_us=1_700_000_000_000_001) == []
+
+
 async def test_summary_groups_per_model_and_currency(ledger: AnyLedger) -> None:
     await ledger.record(rec("a", "gpt-4.1", input_tokens=10, output_tokens=1, cost_micros=100))
     await ledger.record(rec("b", "gpt-4.1", input_tokens=20, output_tokens=2, cost_micros=200))
@@ -220,7 +241,7 @@ async def test_sqlite_database_uses_wal_and_the_current_schema_version(tmp_path:
         assert cols == [
             "request_id", "model", "source", "input_tokens", "output_tokens",
             "cost_micros", "currency", "occurred_at_us", "recorded_at_us", "estimated", "tenant",
-            "cached_input_tokens",
+            "cached_input_tokens", "official_cost_micros",
         ]  # fmt: skip
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(usage)")}
         assert "usage_occurred_at" in indexes
@@ -241,8 +262,8 @@ def test_sqlite_migrate_applies_only_the_missing_steps(tmp_path: Path) -> None:
         )  # data of v1 must survive the later steps
         assert migrate(conn) == SCHEMA_VERSION
         assert conn.execute(
-            "SELECT estimated, tenant, cached_input_tokens FROM usage"
-        ).fetchall() == [(0, "default", 0)]
+            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros FROM usage"
+        ).fetchall() == [(0, "default", 0, None)]  # no official cost known for older rows
 
         def add_budgets(c: sqlite3.Connection) -> None:
             c.execute("CREATE TABLE later_step (name TEXT PRIMARY KEY, limit_micros INTEGER)")
@@ -679,6 +700,7 @@ async def test_postgres_schema_mirrors_sqlite_and_records_its_steps(pg_url: str)
         ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cost_micros", "bigint"),
         ("currency", "text"), ("occurred_at_us", "bigint"), ("recorded_at_us", "bigint"),
         ("estimated", "boolean"), ("tenant", "text"), ("cached_input_tokens", "bigint"),
+        ("official_cost_micros", "bigint"),
     ]  # fmt: skip
     indexes = await fetch(
         pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
@@ -695,8 +717,10 @@ async def test_postgres_migrate_applies_only_the_missing_steps(pg_url: str) -> N
         # data of v1 must survive the later steps
         await conn.execute("INSERT INTO usage VALUES ('keep', 'm', 's', 1, 2, 3, 'USD', 4, 5)")
         assert await migrate_pg(conn) == SCHEMA_VERSION
-        cur = await conn.execute("SELECT estimated, tenant, cached_input_tokens FROM usage")
-        assert await cur.fetchall() == [(False, "default", 0)]
+        cur = await conn.execute(
+            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros FROM usage"
+        )
+        assert await cur.fetchall() == [(False, "default", 0, None)]
 
         add_budgets = ("CREATE TABLE later_step (name TEXT PRIMARY KEY, limit_micros BIGINT)",)
         assert await migrate_pg(conn, (*PG_MIGRATIONS, add_budgets)) == SCHEMA_VERSION + 1

@@ -9,10 +9,16 @@ import pytest
 
 from quorum import config
 from quorum.backends.types import TokenUsage
-from quorum.errors import NotFound
+from quorum.errors import InvalidArgument, NotFound
 from quorum.pricing import Cost, PriceNotFound
 from quorum.registry import Registry, load_registry
-from services.cost.prices import estimate, list_prices, price_call
+from services.cost.prices import (
+    check_budget_currency,
+    estimate,
+    list_prices,
+    official,
+    price_call,
+)
 
 T0 = 1_767_225_600 * 1_000_000  # 2026-01-01T00:00:00Z
 T1 = 1_796_083_200 * 1_000_000  # 2026-12-01T00:00:00Z
@@ -110,3 +116,67 @@ def test_the_price_table_now_or_with_its_history() -> None:
     assert list_prices(book(), T1, model="unpriced", include_history=True) == []
     with pytest.raises(NotFound):
         list_prices(book(), T0, model="gpt-9")
+
+
+def test_the_official_cost_of_a_call_at_the_official_rate_of_its_time() -> None:
+    reg = book()
+    _, resold = price_call(reg, "resold", TokenUsage(1000, 500), T0)
+    assert official(reg.rates, resold, T0) == (Cost(43_800, "CNY"), Decimal("7.3"))
+    _, later = price_call(reg, "resold", TokenUsage(1000, 500), T1)
+    assert official(reg.rates, later, T1) == (Cost(21_300, "CNY"), Decimal("7.1"))
+    # billed in the list currency: the cost itself, at 1
+    _, listed = price_call(reg, "gpt-4.1", TokenUsage(1000, 500), T0)
+    assert official(reg.rates, listed, T0) == (Cost(6000, "USD"), Decimal(1))
+    # no official rate: nothing official, never 0
+    bare = book(official=False)
+    _, resold = price_call(bare, "resold", TokenUsage(1000, 500), T0)
+    assert official(bare.rates, resold, T0) is None
+
+
+def currency_refusal(reg: Registry, currency: str, model: str, at_us: int) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as info:
+        check_budget_currency(reg, currency, model, at_us)
+    assert info.value.reason == "INVALID_FIELD"
+    assert info.value.message.startswith("budget.limit.currency: no exchange rate converts ")
+    return dict(info.value.metadata)
+
+
+def test_a_budget_currency_must_count_every_call_the_budget_covers() -> None:
+    reg = book()  # the models bill USD, the reseller CNY; one official USD/CNY rate
+    for currency in ("USD", "CNY"):
+        check_budget_currency(reg, currency, "", T0)
+    refused = currency_refusal(reg, "EUR", "", T0)
+    first = min(m.name for m in reg.models.values())  # the first model by name bills USD
+    assert refused == {"field": "budget.limit.currency", "from": "USD", "to": "EUR", "model": first}
+    assert currency_refusal(reg, "EUR", "resold", T0)["from"] == "CNY"
+    # without the official rate a USD budget cannot count the reseller's CNY, but one for a
+    # USD model can
+    bare = book(official=False)
+    assert currency_refusal(bare, "USD", "", T0)["model"] == "resold"
+    check_budget_currency(bare, "USD", "gpt-4.1", T0)
+    check_budget_currency(bare, "CNY", "resold", T0)
+
+
+def test_a_budget_currency_needs_a_rate_in_effect_and_covers_the_prices_to_come() -> None:
+    data = config.defaults()
+    data["exchange_rates"] = [
+        {"from": "USD", "to": "EUR", "rate": "0.9", "effective_from": "2026-12-01T00:00:00Z"}
+    ]
+    data["models"]["sterling-later"] = {
+        "provider": "openai",
+        "input_per_mtok": "1",
+        "output_per_mtok": "1",
+        "prices": [
+            {"effective_from": "2026-12-01T00:00:00Z", "currency": "GBP",
+             "input_per_mtok": "1", "output_per_mtok": "1"},
+        ],
+    }  # fmt: skip
+    reg = load_registry(data)
+    assert currency_refusal(reg, "EUR", "gpt-4.1", T0) == {
+        "field": "budget.limit.currency", "from": "USD", "to": "EUR", "model": "gpt-4.1",
+        "at": "2026-01-01T00:00:00Z",
+    }  # fmt: skip
+    check_budget_currency(reg, "EUR", "gpt-4.1", T1)  # the rate is in effect from T1 on
+    # a USD budget for a model whose next price is listed (so billed) in GBP: refused before
+    # that price takes effect too
+    assert currency_refusal(reg, "USD", "sterling-later", T0)["from"] == "GBP"

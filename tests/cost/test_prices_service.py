@@ -625,3 +625,225 @@ async def test_a_budget_in_another_currency_counts_costs_at_the_official_rate(co
     err = await rpc_error(cost.Reserve(reserve, timeout=5))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert error_info(err).metadata["requested_micros"] == "21900"
+
+
+# --- GetUsageReport: billed, official, saving ----------------------------------------------------
+
+T2 = 1_797_292_800  # 2026-12-15T00:00:00Z: the official USD -> CNY rate becomes 7.0
+
+REPORTED = (
+    PRICES
+    + """
+[[exchange_rates]]
+from = "USD"
+to = "CNY"
+rate = "7.0"
+effective_from = "2026-12-15T00:00:00Z"
+
+[models.resold-gbp]
+provider = "reseller"
+currency = "GBP"
+input_per_mtok = "2.00"
+output_per_mtok = "8.00"
+"""
+)
+
+
+async def record_the_reported_calls(stub: cost_pb2_grpc.CostServiceStub) -> None:
+    """The reseller (1 CNY per list USD) before and after the official rate changes, a model
+    billed at the official rate, one listed in GBP that no official rate converts, and a USD
+    call; 1,000 input and 500 output tokens each (a list cost of 6,000 micro-units)."""
+    for rid, model, at in (
+        ("r1", "resold-gpt", T1), ("r2", "resold-gpt", T2), ("o1", "official-gpt", T1),
+        ("g1", "resold-gbp", T1), ("u1", "gpt-4.1", T1 - 1),
+    ):  # fmt: skip
+        await stub.RecordUsage(usage_request(rid, model, at=at), timeout=5)
+
+
+def report_request(**kw: Any) -> cost_pb2.GetUsageReportRequest:
+    req = cost_pb2.GetUsageReportRequest(**kw)
+    req.end_time.seconds = 4_000_000_000
+    return req
+
+
+def money_of(row: cost_pb2.ReportRow) -> tuple[Any, ...]:
+    official = row.official_cost if row.HasField("official_cost") else None
+    saving = row.saving if row.HasField("saving") else None
+    return (row.key, row.cost, official, saving, row.requests_without_official_cost)
+
+
+async def test_the_report_shows_what_was_billed_what_the_official_rate_costs_and_the_saving(
+    store: LedgerStore, tmp_path: Path
+) -> None:
+    async with serving(REPORTED, store, tmp_path) as (stub, _):
+        await record_the_reported_calls(stub)
+        by_model = await stub.GetUsageReport(report_request(), timeout=5)
+        assert [money_of(r) for r in by_model.rows] == [
+            ("gpt-4.1", usd(6000), usd(6000), usd(0), 0),
+            ("official-gpt", cny(43_800), cny(43_800), cny(0), 0),  # billed at the official
+            ("resold-gbp", cny(6000), None, None, 1),  # no official GBP rate: unknown, not 0
+            # 43,800 at 7.3 before 2026-12-15, 42,000 at 7.0 from then on
+            ("resold-gpt", cny(12_000), cny(85_800), cny(73_800), 0),
+        ]
+        assert list(by_model.totals) == [cny(61_800), usd(6000)]
+        assert [money_of(t) for t in by_model.currency_totals] == [
+            ("CNY", cny(61_800), None, None, 1),
+            ("USD", usd(6000), usd(6000), usd(0), 0),
+        ]
+        assert [t.requests for t in by_model.currency_totals] == [4, 1]
+        # the official rate of each call's own day
+        by_day = await stub.GetUsageReport(
+            report_request(model="resold-gpt", group_by=cost_pb2.REPORT_GROUPING_DAY), timeout=5
+        )
+        assert [money_of(r) for r in by_day.rows] == [
+            ("2026-12-01", cny(6000), cny(43_800), cny(37_800), 0),
+            ("2026-12-15", cny(6000), cny(42_000), cny(36_000), 0),
+        ]
+        # a group holding one call without an official cost has none at all
+        (cny_row, usd_row) = (
+            await stub.GetUsageReport(
+                report_request(group_by=cost_pb2.REPORT_GROUPING_TENANT), timeout=5
+            )
+        ).rows
+        assert money_of(cny_row) == ("default", cny(61_800), None, None, 1)
+        assert money_of(usd_row) == ("default", usd(6000), usd(6000), usd(0), 0)
+        # the figures are the ones recorded with each call: a retry changes nothing
+        again = await stub.RecordUsage(usage_request("r1", "resold-gpt", at=T1), timeout=5)
+        assert again.duplicate
+        assert await stub.GetUsageReport(report_request(), timeout=5) == by_model
+
+
+async def test_a_reports_official_costs_are_those_recorded_with_the_calls(
+    store: LedgerStore, tmp_path: Path
+) -> None:
+    """As the cost a record keeps, its official cost is what the rates of its time gave when it
+    was recorded: changing the configured rates later rewrites no report."""
+    async with serving(REPORTED, store, tmp_path) as (stub, _):
+        await stub.RecordUsage(usage_request("r1", "resold-gpt", at=T1), timeout=5)
+    revised = REPORTED.replace('rate = "7.3"', 'rate = "8.0"')
+    assert revised != REPORTED
+    async with serving(revised, store, tmp_path) as (stub, _):
+        await stub.RecordUsage(usage_request("r3", "resold-gpt", at=T1), timeout=5)
+        (row,) = (await stub.GetUsageReport(report_request(), timeout=5)).rows
+        assert money_of(row) == ("resold-gpt", cny(12_000), cny(91_800), cny(79_800), 0)
+
+
+async def test_cli_report_shows_the_official_cost_and_the_saving_as_a_table_csv_and_json(
+    store: LedgerStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serving(REPORTED, store, tmp_path) as (stub, address):
+        await record_the_reported_calls(stub)
+        args = ("cost", "report", "--until", "2030-01-01", "--cost", address)
+        code, out, err = await quorum(capsys, *args)
+        assert (code, err) == (0, "")
+        assert out.splitlines() == [
+            "model        requests         in        out          cost      official"
+            "        saving",
+            "gpt-4.1             1       1000        500  0.006000 USD  0.006000 USD"
+            "  0.000000 USD",
+            "official-gpt        1       1000        500  0.043800 CNY  0.043800 CNY"
+            "  0.000000 CNY",
+            "resold-gbp          1       1000        500  0.006000 CNY       unknown"
+            "       unknown",
+            "resold-gpt          2       2000       1000  0.012000 CNY  0.085800 CNY"
+            "  0.073800 CNY",
+            "total CNY           4       4000       2000  0.061800 CNY       unknown"
+            "       unknown",
+            "total USD           1       1000        500  0.006000 USD  0.006000 USD"
+            "  0.000000 USD",
+            "1 of the requests have no official cost (no official exchange rate converted their "
+            "list price at their time, or they were recorded before the ledger kept official "
+            "costs): official and saving are unknown for their rows",
+        ]  # fmt: skip
+        code, out, _ = await quorum(capsys, *args, "--csv")
+        assert code == 0
+        assert out.splitlines() == [
+            "model,currency,requests,input_tokens,output_tokens,cost,estimated_requests,"
+            "official_cost,saving,requests_without_official_cost",
+            "gpt-4.1,USD,1,1000,500,0.006000,0,0.006000,0.000000,0",
+            "official-gpt,CNY,1,1000,500,0.043800,0,0.043800,0.000000,0",
+            "resold-gbp,CNY,1,1000,500,0.006000,0,,,1",  # empty cells, not 0
+            "resold-gpt,CNY,2,2000,1000,0.012000,0,0.085800,0.073800,0",
+        ]
+        code, out, _ = await quorum(capsys, *args, "--json")
+        assert code == 0
+        doc = json.loads(out)
+        rows = {r["key"]: r for r in doc["rows"]}
+        assert rows["resold-gpt"]["officialCost"] == {"micros": "85800", "currency": "CNY"}
+        assert rows["resold-gpt"]["saving"] == {"micros": "73800", "currency": "CNY"}
+        assert rows["resold-gpt"]["requestsWithoutOfficialCost"] == "0"
+        unknown = rows["resold-gbp"]
+        assert "officialCost" not in unknown and "saving" not in unknown  # unset, not 0
+        assert unknown["requestsWithoutOfficialCost"] == "1"
+        assert [t["key"] for t in doc["currencyTotals"]] == ["CNY", "USD"]
+
+
+# --- SetBudget: a currency the price book can count the budget's calls in -----------------------
+
+
+def budget_in(currency: str, tenant: str = "acme", model: str = "") -> cost_pb2.SetBudgetRequest:
+    return cost_pb2.SetBudgetRequest(
+        budget=cost_pb2.Budget(
+            tenant=tenant, model=model, limit=common_pb2.Money(micros=10**9, currency=currency)
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("currency", "model", "converts", "blocked"),
+    [
+        # well formed, but no rate knows it: every Reserve would fail NO_EXCHANGE_RATE
+        ("XYZ", "", "USD", None),  # the first model by name: each bills USD or CNY
+        ("XYZ", "gpt-4.1", "USD", "gpt-4.1"),
+        # EUR converts into USD, but nothing converts the CNY that two models bill in
+        ("EUR", "", "CNY", "official-gpt"),
+        ("EUR", "resold-gpt", "CNY", "resold-gpt"),
+    ],
+)
+async def test_a_budget_its_calls_could_not_be_counted_in_is_refused_and_nothing_written(
+    cost: cost_pb2_grpc.CostServiceStub,
+    currency: str,
+    model: str,
+    converts: str,
+    blocked: str | None,
+) -> None:
+    await cost.SetBudget(budget_in("USD", model=model), timeout=5)
+    err = await rpc_error(cost.SetBudget(budget_in(currency, model=model), timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(err)
+    assert info.reason == "INVALID_FIELD"
+    blocked = blocked or info.metadata["model"]
+    assert dict(info.metadata) == {
+        "field": "budget.limit.currency", "from": converts, "to": currency, "model": blocked,
+    }  # fmt: skip
+    details = err.details() or ""
+    assert details.startswith(
+        f"budget.limit.currency: no exchange rate converts {converts} (the billing currency of "
+        f"{blocked}) into {currency} at "
+    ), details
+    # the budget it would have replaced is as it was, and a new tenant got none
+    (s,) = (await cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(), timeout=5)).budgets
+    assert (s.budget.limit.currency, s.budget.model) == ("USD", model)
+    err = await rpc_error(cost.SetBudget(budget_in(currency, "globex", model), timeout=5))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = await cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(tenant="globex"))
+    assert list(status.budgets) == []
+    reserve = cost_pb2.ReserveRequest(
+        request_id="g", tenant="globex", model="gpt-4.1", input_tokens=10, max_output_tokens=10
+    )
+    assert (await cost.Reserve(reserve, timeout=5)).reservation_id == ""  # not blocked
+
+
+async def test_a_budget_in_a_currency_every_covered_call_converts_into_is_set(
+    cost: cost_pb2_grpc.CostServiceStub,
+) -> None:
+    # EUR for a USD model only: EUR -> USD 1.08 converts it (the other way round, by division)
+    s = (await cost.SetBudget(budget_in("EUR", model="gpt-4.1"), timeout=5)).status
+    assert (s.budget.limit.currency, s.budget.model) == ("EUR", "gpt-4.1")
+    reserve = cost_pb2.ReserveRequest(
+        request_id="r", tenant="acme", model="gpt-4.1", input_tokens=1000, max_output_tokens=500
+    )
+    assert (await cost.Reserve(reserve, timeout=5)).reservation_id.startswith("rsv_")
+    # CNY tenant-wide: every model bills USD (7.3 CNY per USD) or CNY
+    s = (await cost.SetBudget(budget_in("CNY", tenant="globex"), timeout=5)).status
+    assert s.budget.limit.currency == "CNY"

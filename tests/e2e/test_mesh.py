@@ -564,8 +564,9 @@ def test_cli_cost_report_csv_and_json(mesh):
     )  # fmt: skip
     rows = list(csv.reader(io.StringIO(report("--by", "day", "--csv", "--since", "2026-01-01"))))
     assert rows[0] == ["day", "currency", "requests", "input_tokens", "output_tokens", "cost",
-                       "estimated_requests"]  # fmt: skip
-    assert len(rows) >= 2 and all(len(r) == 7 for r in rows)
+                       "estimated_requests", "official_cost", "saving",
+                       "requests_without_official_cost"]  # fmt: skip
+    assert len(rows) >= 2 and all(len(r) == 10 for r in rows)
     doc = json.loads(report("--by", "tenant", "--json"))
     assert doc["groupBy"] == "REPORT_GROUPING_TENANT"
     assert "default" in [r["key"] for r in doc["rows"]]

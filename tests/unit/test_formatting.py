@@ -1,6 +1,12 @@
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2
-from quorum.formatting import format_completion, format_estimate, format_moderation, format_usage
+from quorum.formatting import (
+    format_completion,
+    format_estimate,
+    format_moderation,
+    format_report,
+    format_usage,
+)
 from quorum.protoconv import format_money
 from quorum.router.v1 import router_pb2
 from quorum.voter.v1 import voter_pb2
@@ -108,3 +114,28 @@ def test_an_estimate_dearer_than_the_official_rate_says_so() -> None:
     )
     assert lines[2].endswith("it would be 0.007300 CNY: costing more by 0.000700 CNY")
     assert len(lines) == 3
+
+
+def usd(micros: int) -> common_pb2.Money:
+    return common_pb2.Money(micros=micros, currency="USD")
+
+
+def test_a_report_in_one_currency_has_one_total_line_and_says_what_is_unknown():
+    assert format_report(cost_pb2.GetUsageReportResponse(), "model") == "no usage in that range"
+    known = cost_pb2.ReportRow(
+        key="gpt-4.1", requests=2, cost=usd(12), official_cost=usd(12), saving=usd(0)
+    )
+    unknown = cost_pb2.ReportRow(key="resold", requests=1, cost=usd(5),
+                                 requests_without_official_cost=1)  # fmt: skip
+    total = cost_pb2.ReportRow(key="USD", requests=3, cost=usd(17),
+                               requests_without_official_cost=1)  # fmt: skip
+    resp = cost_pb2.GetUsageReportResponse(rows=[known, unknown], currency_totals=[total])
+    lines = format_report(resp, "tenant").splitlines()
+    assert [line.split()[0] for line in lines[:4]] == ["tenant", "gpt-4.1", "resold", "total"]
+    assert lines[1].split()[-6:] == ["0.000012", "USD", "0.000012", "USD", "0.000000", "USD"]
+    assert lines[2].split()[-4:] == ["0.000005", "USD", "unknown", "unknown"]
+    assert lines[3].split()[1:] == ["3", "0", "0", "0.000017", "USD", "unknown", "unknown"]
+    assert lines[4].startswith("1 of the requests have no official cost")
+    assert "official cost" not in format_report(
+        cost_pb2.GetUsageReportResponse(rows=[known], currency_totals=[]), "model"
+    )

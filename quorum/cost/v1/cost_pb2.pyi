@@ -286,21 +286,27 @@ class GetUsageReportRequest(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., group_by: _Optional[_Union[ReportGrouping, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class ReportRow(_message.Message):
-    __slots__ = ("key", "requests", "usage", "cost", "estimated_requests")
+    __slots__ = ("key", "requests", "usage", "cost", "estimated_requests", "official_cost", "saving", "requests_without_official_cost")
     KEY_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    OFFICIAL_COST_FIELD_NUMBER: _ClassVar[int]
+    SAVING_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_WITHOUT_OFFICIAL_COST_FIELD_NUMBER: _ClassVar[int]
     key: str
     requests: int
     usage: _common_pb2.Usage
     cost: _common_pb2.Money
     estimated_requests: int
-    def __init__(self, key: _Optional[str] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., estimated_requests: _Optional[int] = ...) -> None: ...
+    official_cost: _common_pb2.Money
+    saving: _common_pb2.Money
+    requests_without_official_cost: int
+    def __init__(self, key: _Optional[str] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., estimated_requests: _Optional[int] = ..., official_cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., saving: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., requests_without_official_cost: _Optional[int] = ...) -> None: ...
 
 class GetUsageReportResponse(_message.Message):
-    __slots__ = ("group_by", "time_zone", "rows", "totals", "requests", "usage", "estimated_requests")
+    __slots__ = ("group_by", "time_zone", "rows", "totals", "requests", "usage", "estimated_requests", "currency_totals")
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -308,6 +314,7 @@ class GetUsageReportResponse(_message.Message):
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_TOTALS_FIELD_NUMBER: _ClassVar[int]
     group_by: ReportGrouping
     time_zone: str
     rows: _containers.RepeatedCompositeFieldContainer[ReportRow]
@@ -315,7 +322,8 @@ class GetUsageReportResponse(_message.Message):
     requests: int
     usage: _common_pb2.Usage
     estimated_requests: int
-    def __init__(self, group_by: _Optional[_Union[ReportGrouping, str]] = ..., time_zone: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., estimated_requests: _Optional[int] = ...) -> None: ...
+    currency_totals: _containers.RepeatedCompositeFieldContainer[ReportRow]
+    def __init__(self, group_by: _Optional[_Union[ReportGrouping, str]] = ..., time_zone: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., estimated_requests: _Optional[int] = ..., currency_totals: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ...) -> None: ...
 
 class EstimateCostRequest(_message.Message):
     __slots__ = ("model", "usage", "currency")

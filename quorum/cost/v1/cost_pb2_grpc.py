@@ -123,7 +123,8 @@ class CostServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsageReport(self, request, context):
-        """Usage and cost grouped by model, tenant, local day or local month, over a time range.
+        """Usage and cost grouped by model, tenant, local day or local month, over a time range:
+        what was billed, what the official exchange rate would have cost, and the saving.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,7 +176,11 @@ class CostServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetBudget(self, request, context):
-        """Creates or replaces the monthly budget of a tenant (or of one model of a tenant).
+        """Creates or replaces the monthly budget of a tenant (or of one model of a tenant). A
+        currency that an official exchange rate in effect now does not convert every covered
+        model's billing currency into (from its current price on) is INVALID_ARGUMENT, reason
+        INVALID_FIELD, field budget.limit.currency, and nothing is written: the budget could not
+        count its calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

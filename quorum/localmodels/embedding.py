@@ -270,7 +270,9 @@ class Heads:
     """Heads over one encoder. :attr:`categories` is the fixed order of the columns of
     :meth:`score`: each head's categories, head by head."""
 
-    def __init__(self, heads: Sequence[Head], *, info: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, heads: Sequence[Head], *, info: Mapping[str, Any] | None = None, dim: int = DIM
+    ) -> None:
         if not heads:
             raise HeadsError("no heads")
         categories = [c for h in heads for c in h.categories]
@@ -279,14 +281,15 @@ class Heads:
         for h in heads:
             if not h.categories:
                 raise HeadsError(f"head {h.name!r} scores no category")
-            if h.weights.shape != (DIM,):
+            if h.weights.shape != (dim,):
                 raise HeadsError(
-                    f"head {h.name!r} has weights of shape {list(h.weights.shape)}, not [{DIM}]"
+                    f"head {h.name!r} has weights of shape {list(h.weights.shape)}, not [{dim}]"
                 )
             if not (np.isfinite(h.weights).all() and math.isfinite(h.bias)):
                 raise HeadsError(f"head {h.name!r} has non-finite weights")
             if not 0.0 < h.cutoff < 1.0:
                 raise HeadsError(f"head {h.name!r} has cut-off {h.cutoff}, not in (0, 1)")
+        self.dim = dim
         self.heads: tuple[Head, ...] = tuple(heads)
         self.categories: tuple[str, ...] = tuple(categories)
         self.info: dict[str, Any] = dict(info or {})
@@ -353,12 +356,13 @@ class Heads:
         text = json.dumps(doc, indent=1)[:-2] + ',\n "heads": [\n' + head_lines + "\n ]\n}\n"
         Path(path).write_text(text, encoding="utf-8")
 
-    def score(self, embeddings: npt.ArrayLike) -> F32:
-        """``[n, len(categories)]`` probabilities for ``[n, 384]`` embeddings."""
-        e = np.asarray(embeddings, dtype=np.float32)
-        if e.ndim != 2 or e.shape[1] != DIM:
-            raise InvalidArgument(f"expected [n, {DIM}] embeddings, got shape {list(e.shape)}")
-        logits = e @ self._w + self._b
+    def score(self, embeddings: Any) -> F32:
+        """``[n, len(categories)]`` probabilities for ``[n, dim]`` features: embeddings, or a
+        scipy sparse matrix (the n-gram heads' features)."""
+        e = embeddings if hasattr(embeddings, "tocsr") else np.asarray(embeddings, np.float32)
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise InvalidArgument(f"expected [n, {self.dim}] features, got shape {list(e.shape)}")
+        logits = np.asarray(e @ self._w) + self._b
         probs: F32 = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32, copy=False)
         return probs
 

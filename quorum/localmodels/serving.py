@@ -14,7 +14,9 @@ adapter passes it in; nothing here imports it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,12 +25,64 @@ import numpy.typing as npt
 from quorum.errors import InvalidArgument
 from quorum.localmodels.texts import check_texts, decode_texts
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "execute_scoring", "output_dtype"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "HeadsModel",
+    "category_columns",
+    "execute_scoring",
+    "output_dtype",
+]
 
 INPUT_NAME = "TEXT"
 OUTPUT_NAME = "SCORE"
+#: a per-category model's outputs are SCORE_<CATEGORY>, e.g. SCORE_SELF_HARM
+CATEGORY_PREFIX = "SCORE_"
 
 Scorer = Callable[[Sequence[str]], npt.NDArray[np.float32]]
+
+
+class HeadsModel:
+    """The body of a per-category head judge's Triton model (``text_heads``, ``ngram_heads``):
+    the heads from ``load(<version folder>)``, the config's ``SCORE_<CATEGORY>`` outputs
+    mapped to their columns (:func:`category_columns`), and ``execute`` over
+    ``heads.score(features(texts))``. A head file that cannot be used fails the load, saying
+    why; ``features`` runs once at load, so the first request pays no start-up."""
+
+    def __init__(
+        self,
+        pb_utils: Any,
+        args: dict[str, str],
+        *,
+        what: str,
+        load: Callable[[Path], Any],
+        features: Callable[[Sequence[str]], Any],
+    ) -> None:
+        from quorum.localmodels.embedding import HeadsError
+
+        config = json.loads(args["model_config"])
+        folder = Path(args["model_repository"]) / args["model_version"]
+        try:
+            self.heads = load(folder)
+        except HeadsError as exc:
+            raise pb_utils.TritonModelException(f"{what}: {exc}") from None
+        self.columns = category_columns(pb_utils, config, self.heads.categories, what=what)
+        self.pb_utils, self.what, self.features = pb_utils, what, features
+        features(["warm up"])
+        pb_utils.Logger.log_info(
+            f"{what}: {args.get('model_instance_kind', 'CPU')} instance, "
+            f"categories {','.join(self.heads.categories)}"
+        )
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return execute_scoring(
+            self.pb_utils,
+            requests,
+            lambda texts: self.heads.score(self.features(texts)),
+            np.float32,
+            what=self.what,
+            outputs=self.columns,
+        )
 
 
 def output_dtype(pb_utils: Any, model_config: dict[str, Any]) -> Any:
@@ -37,6 +91,26 @@ def output_dtype(pb_utils: Any, model_config: dict[str, Any]) -> Any:
     if out_cfg is None:
         raise pb_utils.TritonModelException(f"config has no {OUTPUT_NAME} output")
     return pb_utils.triton_string_to_numpy(out_cfg["data_type"])
+
+
+def category_columns(
+    pb_utils: Any, model_config: dict[str, Any], categories: Sequence[str], *, what: str
+) -> dict[str, int]:
+    """Output name -> column of the scores, for a model with one ``SCORE_<CATEGORY>`` output
+    per category. Every output in the config must be FP32 and name one of ``categories`` (the
+    model's heads), or the model refuses to load."""
+    columns: dict[str, int] = {}
+    for out in model_config["output"]:
+        name = out["name"]
+        category = name.removeprefix(CATEGORY_PREFIX).lower()
+        if not name.startswith(CATEGORY_PREFIX) or category not in categories:
+            raise pb_utils.TritonModelException(
+                f"{what}: output {name} has no head (heads: {list(categories)})"
+            )
+        if pb_utils.triton_string_to_numpy(out["data_type"]) is not np.float32:
+            raise pb_utils.TritonModelException(f"{what}: output {name} must be TYPE_FP32")
+        columns[name] = list(categories).index(category)
+    return columns
 
 
 def execute_scoring(

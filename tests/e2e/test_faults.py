@@ -55,8 +55,8 @@ async def test_kill_and_restart_triton_then_the_voter_under_load(sim, tmp_path):
     cost_port, voter_port, t_http, t_grpc, t_metrics = free_ports(5)
     data = mesh_config(sim.url, cost_port=cost_port, voter_port=voter_port, moderation="input")
     data["voter"] |= {"address": f"127.0.0.1:{voter_port}", "triton_address": f"127.0.0.1:{t_grpc}"}
-    defaults = config.load(env={})  # the embedded local judges, all three
-    for name in ("profanity-check", "nsfw-check", "text-heads"):
+    defaults = config.load(env={})  # the embedded local judges, all four
+    for name in ("profanity-check", "nsfw-check", "text-heads", "ngram-heads"):
         data["models"][name] = defaults["models"][name]
     options = TritonOptions(
         model_repository=default_model_repository(),

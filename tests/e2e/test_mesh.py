@@ -151,9 +151,9 @@ def test_complete_routes_moderates_prices_and_records(router, cost, sim):
     assert resp.usage_recorded
     # moderation of the input ran with the local Triton models and the HTTP judge
     votes = {v.model: v for v in resp.input_moderation.votes}
-    assert set(votes) == {"nsfw-check", "profanity-check", "text-heads", "sim-judge"}
+    assert set(votes) == {"ngram-heads", "nsfw-check", "profanity-check", "text-heads", "sim-judge"}
     assert all(v.status == voter_pb2.VOTE_STATUS_OK for v in votes.values())
-    for local in ("nsfw-check", "profanity-check", "text-heads"):
+    for local in ("ngram-heads", "nsfw-check", "profanity-check", "text-heads"):
         assert votes[local].provider == "triton" and not votes[local].simulated
     assert votes["sim-judge"].simulated
     # recorded once in the ledger, under the request id
@@ -172,6 +172,7 @@ def test_moderate_fans_out_and_returns_every_vote(voter):
     )
     assert not resp.is_safe
     assert {v.model for v in resp.votes} == {
+        "ngram-heads",
         "nsfw-check",
         "profanity-check",
         "text-heads",
@@ -184,12 +185,12 @@ def test_moderate_fans_out_and_returns_every_vote(voter):
     assert nsfw.is_safe and {c.category for c in nsfw.categories} == {2}  # adult only
     heads = next(v for v in resp.votes if v.model == "text-heads")
     assert not heads.is_safe
-    # one score per category it judges: hate, spam, harassment, injection, self-harm, violence
-    assert {c.category for c in heads.categories} == {1, 3, 4, 5, 6, 7}
+    # one score per category it judges: all seven
+    assert {c.category for c in heads.categories} == {1, 2, 3, 4, 5, 6, 7}
     calm = voter.Moderate(
         voter_pb2.ModerateRequest(text="The weather is lovely today."), timeout=10
     )
-    assert calm.is_safe and len(calm.votes) == 4
+    assert calm.is_safe and len(calm.votes) == 5
 
 
 def test_stream_deltas_join_to_the_unary_answer(router):
@@ -402,7 +403,7 @@ def test_cli_moderate_complete_usage_json(mesh):
         check=True,
     )
     doc = json.loads(out.stdout)
-    assert doc["isSafe"] is True and len(doc["votes"]) == 4  # three local judges, one LLM
+    assert doc["isSafe"] is True and len(doc["votes"]) == 5  # four local judges, one LLM
     out = subprocess.run(
         [str(BIN / "quorum"), "complete", "hello", "--router", a["router"]],
         capture_output=True,

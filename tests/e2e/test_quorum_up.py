@@ -206,7 +206,7 @@ def test_quorum_up_with_mutual_tls_end_to_end(tmp_path):
                 [str(BIN / "quorum"), *argv], capture_output=True, text=True, timeout=60, env=env
             )
             assert done.returncode == 0, done.stderr
-        assert "input moderation: safe (3 votes" in subprocess.run(
+        assert "input moderation: safe (4 votes" in subprocess.run(
             [str(BIN / "quorum"), "complete", "hi"], capture_output=True, text=True,
             timeout=60, env=env,
         ).stdout  # router -> voter -> cost, all over mutual TLS  # fmt: skip

@@ -49,6 +49,7 @@ pytestmark = pytest.mark.triton
 MODEL = "profanity_check"
 NSFW_MODEL = "nsfw_check"
 ALL_MODELS = (
+    "ngram_heads",
     NSFW_MODEL,
     MODEL,
     "text_heads",

@@ -63,6 +63,7 @@ async def voter(
 ) -> AsyncIterator[voter_pb2_grpc.VoterServiceStub]:
     settings = VoterSettings.from_config(_data(triton), {"QUORUM_DATA_DIR": str(tmp_path)})
     assert [j.name for j in settings.registry.judges()] == [
+        "ngram-heads",
         "nsfw-check",
         "profanity-check",
         "text-heads",
@@ -83,23 +84,24 @@ async def _moderate(voter, text: str):
 async def test_explicit_text_is_flagged_by_the_adult_category(voter) -> None:
     resp = await _moderate(voter, EXPLICIT)
     votes = {v.model: v for v in resp.votes}
-    assert set(votes) == {"nsfw-check", "profanity-check", "text-heads"}
+    assert set(votes) == {"ngram-heads", "nsfw-check", "profanity-check", "text-heads"}
     assert all(v.status == voter_pb2.VOTE_STATUS_OK and v.provider == "triton" for v in resp.votes)
     assert not votes["nsfw-check"].is_safe
     assert votes["profanity-check"].is_safe  # the insult judge alone would let it through
     assert not resp.is_safe
     assert "flagged: adult" in resp.reasons
-    assert _category(resp.categories, ADULT) > 0.9
+    assert _category(resp.categories, ADULT) > 0.5
     # each judge scores only its own categories
     assert [c.category for c in votes["nsfw-check"].categories] == [ADULT]
     assert ADULT not in [c.category for c in votes["profanity-check"].categories]
-    assert ADULT not in [c.category for c in votes["text-heads"].categories]
+    for heads in ("text-heads", "ngram-heads"):
+        assert ADULT in [c.category for c in votes[heads].categories]
 
 
 async def test_insult_is_flagged_by_profanity_check_not_adult(voter) -> None:
     resp = await _moderate(voter, INSULT)
     votes = {v.model: v for v in resp.votes}
-    assert set(votes) == {"nsfw-check", "profanity-check", "text-heads"}
+    assert set(votes) == {"ngram-heads", "nsfw-check", "profanity-check", "text-heads"}
     assert not votes["profanity-check"].is_safe
     assert votes["nsfw-check"].is_safe
     assert not resp.is_safe
@@ -111,7 +113,7 @@ async def test_insult_is_flagged_by_profanity_check_not_adult(voter) -> None:
 
 async def test_polite_text_is_safe_with_every_vote(voter) -> None:
     resp = await _moderate(voter, POLITE)
-    assert len(resp.votes) == 3
+    assert len(resp.votes) == 4
     assert all(v.status == voter_pb2.VOTE_STATUS_OK and v.is_safe for v in resp.votes)
     assert resp.is_safe and not resp.requires_review
 

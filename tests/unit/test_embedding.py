@@ -17,6 +17,7 @@ import pytest
 
 from quorum import config
 from quorum.errors import InvalidArgument
+from quorum.localmodels import ngram
 from quorum.localmodels.embedding import DIM, Head, Heads, HeadsError, device_for, encode
 from quorum.registry import CATEGORIES, TritonBackend, load_registry
 
@@ -86,7 +87,7 @@ def test_import_loads_nothing() -> None:
 
 def test_committed_heads_cover_known_categories_with_sane_cutoffs(heads: Heads) -> None:
     assert set(heads.categories) <= set(CATEGORIES)
-    assert {"hate", "harassment", "spam", "injection", "violence", "self_harm"} == set(
+    assert {"hate", "harassment", "spam", "injection", "violence", "self_harm", "adult"} == set(
         heads.categories
     )
     assert all(0.0 < c < 1.0 for c in heads.cutoffs)
@@ -136,20 +137,27 @@ def test_hard_negative_is_not_violence(heads: Heads) -> None:
     assert probs[heads.categories.index("violence")] < heads.cutoff("violence")
 
 
-def test_registry_cutoffs_are_the_calibrated_ones(heads: Heads) -> None:
-    """defaults.toml's text-heads entry is where the voter takes its cut-offs from; they must
-    be the ones training calibrated (retraining without updating the config fails here)."""
-    spec = load_registry(config.defaults()).get("text-heads")
+HEAD_JUDGES = {  # registry name -> (Triton model, its committed heads)
+    "text-heads": ("text_heads", lambda: Heads.load(HEADS_FILE)),
+    "ngram-heads": ("ngram_heads", lambda: ngram.load(ROOT / "triton/ngram_heads/1/heads.npz")),
+}
+
+
+@pytest.mark.parametrize("judge", sorted(HEAD_JUDGES))
+def test_registry_cutoffs_are_the_calibrated_ones(judge: str) -> None:
+    """defaults.toml's entry of a head judge is where the voter takes its cut-offs from; they
+    must be the ones training calibrated (retraining without updating the config fails here),
+    and the model's config.pbtxt must have one output per head category."""
+    model, load = HEAD_JUDGES[judge]
+    heads = load()
+    spec = load_registry(config.defaults()).get(judge)
     assert isinstance(spec.backend, TritonBackend)
-    assert spec.backend.outputs == "per_category"
+    assert spec.backend.outputs == "per_category" and spec.backend.triton_model == model
     assert spec.moderation is not None
     assert set(spec.moderation.categories) == set(heads.categories)
     for c in heads.categories:
         assert spec.moderation.cutoff(c) == pytest.approx(heads.cutoff(c), abs=1e-4), c
-
-
-def test_config_outputs_match_heads(heads: Heads) -> None:
-    text = (ROOT / "triton" / "text_heads" / "config.pbtxt").read_text()
+    text = (ROOT / "triton" / model / "config.pbtxt").read_text()
     outputs = {line.split('"')[1] for line in text.splitlines() if 'name: "SCORE_' in line}
     assert outputs == {f"SCORE_{c.upper()}" for c in heads.categories}
 

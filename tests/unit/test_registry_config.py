@@ -23,7 +23,7 @@ def test_defaults_name_the_brief_models_with_their_prices():
     assert prices["gemini-2.5-flash"] == [(Decimal("0.50"), Decimal("2.50"), "USD")]
     assert prices["deepseek-v3.2"] == [(Decimal("0.14"), Decimal("0.42"), "USD")]
     # the local judges are free, and say so
-    for judge in ("profanity-check", "nsfw-check", "text-heads"):
+    for judge in ("profanity-check", "nsfw-check", "text-heads", "ngram-heads"):
         assert prices[judge] == [(Decimal(0), Decimal(0), "USD")]
     # every default price is since the beginning, billed in its list currency
     assert all(
@@ -50,7 +50,12 @@ def test_missing_key_marks_unusable_or_moves_to_simulator():
     assert "OPENAI_API_KEY is not set" in e.value.message
     # judges without a key never vote, and are never simulated
     # (the local Triton judges need no key)
-    assert [m.name for m in plain.judges()] == ["nsfw-check", "profanity-check", "text-heads"]
+    assert [m.name for m in plain.judges()] == [
+        "ngram-heads",
+        "nsfw-check",
+        "profanity-check",
+        "text-heads",
+    ]
 
     sim = r.resolve_keys({}, simulator_url="http://127.0.0.1:9/v1/")
     spec = sim.usable("gpt-4.1")

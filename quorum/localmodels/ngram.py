@@ -1,0 +1,129 @@
+"""Character n-gram heads: a judge of another kind than the sentence-embedding heads.
+
+**Features.** Each text becomes a bag of its character 2- to 5-grams (within word boundaries,
+lower-cased), hashed into :data:`FEATURES` buckets and L2-normalised: scikit-learn's
+``HashingVectorizer``, which is stateless (no vocabulary to ship) and gives the same buckets
+on every machine. Where the MiniLM heads (:mod:`quorum.localmodels.embedding`) see what a text
+means, these see how it is written: spelling, obfuscation ("fr33 c@sh"), URLs, e-mail
+boilerplate, the wording of jailbreak templates. Their errors differ, which is what a vote
+needs.
+
+**Heads.** One logistic regression per group of categories, trained by
+``scripts/train_heads.py --kind ngram`` on the same data and with the same negatives as the
+MiniLM heads, kept in ``triton/ngram_heads/1/heads.npz``: the weights as float16 (``[FEATURES,
+heads]``), biases and cut-offs as float32, and a JSON document (``meta``) with each head's name,
+categories, training data and test metrics. :func:`load` turns it into a
+:class:`~quorum.localmodels.embedding.Heads` over ``FEATURES`` dimensions; ``Heads.score``
+takes the sparse features as they are.
+
+Pure: nothing happens at import time; scikit-learn (a dependency of alt-profanity-check) is
+imported on first use. Errors: an unusable head file is
+:class:`~quorum.localmodels.embedding.HeadsError`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quorum.localmodels.embedding import F32, Head, Heads, HeadsError
+from quorum.localmodels.texts import check_texts
+
+__all__ = ["FEATURES", "FEATURIZER", "featurize", "load", "save", "score_texts"]
+
+#: hash buckets: 2^16 keeps the head file under a megabyte; collisions cost little here
+FEATURES = 2**16
+NGRAMS = (2, 5)
+#: what a head file must have been trained on (it is checked on load)
+FEATURIZER = f"hashed char_wb {NGRAMS[0]}-{NGRAMS[1]}-grams, {FEATURES} buckets, l2"
+
+
+@functools.cache
+def _vectorizer() -> Any:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(
+        analyzer="char_wb",
+        ngram_range=NGRAMS,
+        n_features=FEATURES,
+        alternate_sign=False,
+        norm="l2",
+        lowercase=True,
+        dtype=np.float32,
+    )
+
+
+def featurize(texts: Sequence[str]) -> Any:
+    """A ``[n, FEATURES]`` scipy CSR matrix of the texts' hashed n-gram frequencies."""
+    return _vectorizer().transform(list(texts))
+
+
+def score_texts(heads: Heads, texts: Sequence[str]) -> F32:
+    """``[n, len(heads.categories)]`` probabilities for ``texts`` (checked: strings, bounded)."""
+    check_texts(texts)
+    return heads.score(featurize(texts))
+
+
+def save(heads: Heads, path: Path, *, extra: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Write ``heads`` as ``.npz``; ``extra`` adds documentation fields per head name."""
+    meta = {
+        "featurizer": FEATURIZER,
+        **heads.info,
+        "heads": [
+            {
+                "name": h.name,
+                "categories": list(h.categories),
+                **dict((extra or {}).get(h.name, {})),
+            }
+            for h in heads.heads
+        ],
+    }
+    with Path(path).open("wb") as f:
+        np.savez_compressed(
+            f,
+            weights=np.stack([h.weights for h in heads.heads], axis=1).astype(np.float16),
+            bias=np.array([h.bias for h in heads.heads], dtype=np.float32),
+            cutoff=np.array([h.cutoff for h in heads.heads], dtype=np.float32),
+            meta=np.array(json.dumps(meta, indent=1)),
+        )
+
+
+def load(path: Path) -> Heads:
+    """Read a head file written by :func:`save`."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            weights = data["weights"].astype(np.float32)
+            bias, cutoff = data["bias"], data["cutoff"]
+            meta = json.loads(str(data["meta"]))
+    except FileNotFoundError:
+        raise HeadsError(f"no head file at {path}") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise HeadsError(f"cannot read head file {path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("featurizer") != FEATURIZER:
+        raise HeadsError(f"{path}: heads for other features ({meta.get('featurizer')!r})")
+    entries = meta.get("heads")
+    if not isinstance(entries, list) or weights.ndim != 2 or weights.shape[1] != len(entries):
+        raise HeadsError(f"{path}: the weights do not match the heads listed")
+    if bias.shape != (len(entries),) or cutoff.shape != (len(entries),):
+        raise HeadsError(f"{path}: one bias and one cut-off per head expected")
+    heads = []
+    for j, h in enumerate(entries):
+        try:
+            heads.append(
+                Head(
+                    name=str(h["name"]),
+                    categories=tuple(str(c) for c in h["categories"]),
+                    weights=weights[:, j],
+                    bias=float(bias[j]),
+                    cutoff=float(round(float(cutoff[j]), 4)),
+                )
+            )
+        except (KeyError, TypeError) as exc:
+            raise HeadsError(f"{path}: head {j} is malformed ({exc})") from None
+    info = {k: v for k, v in meta.items() if k not in ("heads", "featurizer")}
+    return Heads(heads, info=info, dim=FEATURES)

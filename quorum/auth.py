@@ -73,6 +73,20 @@ class Identity:
     def may_act_for(self, tenant: str) -> bool:
         return self.role is not Role.CLIENT or tenant == self.tenant
 
+    def acting_for(self, tenant: str) -> Identity:
+        """This caller acting for ``tenant`` (a checked name; "" means its own): a service
+        or admin may act for any tenant, a client only for its own (PermissionDenied,
+        OTHER_TENANT)."""
+        if not tenant or tenant == self.tenant:
+            return self
+        if not self.may_act_for(tenant):
+            raise PermissionDenied(
+                "a client key acts only for its own tenant",
+                reason="OTHER_TENANT",
+                metadata={"tenant": self.tenant},
+            )
+        return Identity(tenant, self.role, self.key_id)
+
 
 @dataclass(frozen=True)
 class Key:

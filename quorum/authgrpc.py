@@ -15,7 +15,7 @@ import grpc
 
 from quorum import auth, ids
 from quorum.auth import Identity, KeyStore, Role
-from quorum.errors import InvalidArgument, PermissionDenied, QuorumError, Unauthenticated
+from quorum.errors import InvalidArgument, QuorumError, Unauthenticated
 from quorum.grpcerrors import abort
 
 #: methods anyone may call: health checks (load balancers, `quorum up`) and reflection
@@ -44,16 +44,7 @@ def identify(store: KeyStore | None, metadata: Metadata | None) -> Identity:
         raise Unauthenticated(
             "an API key is required: send 'authorization: Bearer <key>'", reason="NO_CREDENTIALS"
         )
-    who = store.verify(token)
-    if named and named != who.tenant:
-        if who.role is Role.CLIENT:
-            raise PermissionDenied(
-                "a client key acts only for its own tenant",
-                reason="OTHER_TENANT",
-                metadata={"tenant": who.tenant},
-            )
-        who = Identity(named, who.role, who.key_id)
-    return who
+    return store.verify(token).acting_for(named)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class ModerationPolicy:
 
 class Moderator(Protocol):
     async def moderate(
-        self, text: str, request_id: str, *, timeout_s: float
+        self, text: str, request_id: str, *, tenant: str, timeout_s: float
     ) -> voter_pb2.ModerateResponse: ...
 
 
@@ -385,7 +385,7 @@ class Completer:
         done = Completion(prompt.request_id, route.candidates[0], route.reason)
         if self._mode(prompt).input:
             text = "\n".join(m.content for m in prompt.messages if m.role != "assistant")
-            verdict = await self._moderate(text, f"{prompt.request_id}:input", deadline)
+            verdict = await self._moderate(prompt, text, "input", deadline)
             done.input_moderation = verdict
             if not verdict.is_safe:
                 raise ContentBlocked(
@@ -425,23 +425,27 @@ class Completer:
         """After the call is billed: moderate the output (when asked and not done yet) and
         see whether the cost service has taken the record."""
         if self._mode(prompt).output and done.output_moderation is None and done.text.strip():
-            done.output_moderation = await self._moderate(
-                done.text, f"{prompt.request_id}:output", deadline
-            )
+            done.output_moderation = await self._moderate(prompt, done.text, "output", deadline)
         if done.charge is not None and not done.replayed:
             wait = min(self._record_wait, deadline.remaining() - ACCOUNTING_MARGIN_S)
             done.usage_recorded = await done.charge.recorded(wait)
 
     async def _moderate(
-        self, text: str, request_id: str, deadline: Deadline
+        self, prompt: Prompt, text: str, step: str, deadline: Deadline
     ) -> voter_pb2.ModerateResponse:
+        """The voter's verdict on the ``step`` ("input", "output") of ``prompt``, for its
+        tenant: the judges' calls are the tenant's spend."""
+        request_id = f"{prompt.request_id}:{step}"
         if self._moderator is None:
             raise InvalidArgument(
                 "moderation was asked for but this router has no voter configured",
                 reason="MODERATION_UNAVAILABLE",
             )
         verdict = await self._moderator.moderate(
-            text, request_id, timeout_s=deadline.timeout(share=MODERATION_SHARE)
+            text,
+            request_id,
+            tenant=prompt.tenant,
+            timeout_s=deadline.timeout(share=MODERATION_SHARE),
         )
         if not verdict.quorum:  # an outage of the judges, not a judgement of the text
             raise Unavailable(

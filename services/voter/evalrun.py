@@ -40,12 +40,13 @@ from quorum.backends.openai import OpenAIChat
 from quorum.backends.triton import TritonScorer
 from quorum.backends.types import TokenUsage
 from quorum.cost.v1 import cost_pb2_grpc
+from quorum.ids import DEFAULT_TENANT
 from quorum.money import NoExchangeRate
 from quorum.pricing import PriceNotFound, bill
 from quorum.registry import Registry, TritonBackend, load_registry
 from quorum.simulator import ProviderSimulator
 from quorum.tritonserver import TritonOptions, TritonServer, default_model_repository
-from quorum.usage import Meter
+from quorum.usage import Meter, MeterSettings
 from services.voter import fitting
 from services.voter.config import policy_from
 from services.voter.evaluation import (
@@ -59,8 +60,8 @@ from services.voter.evaluation import (
     latency,
     single,
 )
-from services.voter.judges import Judge, build_judges
-from services.voter.voting import Policy, Status, Vote
+from services.voter.judges import Judge, build_judges, pending_of
+from services.voter.voting import Pending, Policy, Status, Vote
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ async def collect(
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                result = await judge.judge(text, timeout_s=timeout_s, usage_key=f"eval:{i}:{name}")
+                result = await judge.judge(
+                    text, timeout_s=timeout_s, usage_key=f"eval:{i}:{name}", tenant=DEFAULT_TENANT
+                )
         except Exception as e:  # an abstention, as in the voter
             vote = Vote(name, 1.0, Status.ERROR, error=type(e).__name__)
         else:
@@ -186,19 +189,32 @@ def rows_for(
         )
     local = frozenset(j for j in judges if isinstance(registry.get(j).backend, TritonBackend))
     if local and len(local) < len(judges):
-        out.append(_cascade_row(dataset, got, policy, local, cost_per_1k))
+        remote = [pending_of(registry.get(j)) for j in judges if j not in local]
+        for label, chosen in (("cascade (local first)", policy), ("cascade (fitted)", fitted)):
+            if chosen is not None:  # the fitted one: its weights, thresholds and margin
+                out.append(
+                    _cascade_row(
+                        label, dataset, got, chosen, local=local, pending=remote, cost=cost_per_1k
+                    )
+                )
     return out
 
 
 def _cascade_row(
-    dataset: str, got: Collected, policy: Policy, local: frozenset[str], cost: Mapping[str, float]
+    system: str,
+    dataset: str,
+    got: Collected,
+    policy: Policy,
+    *,
+    local: frozenset[str],
+    pending: Sequence[Pending],
+    cost: Mapping[str, float],
 ) -> Row:
     """The cascade, replayed over the same votes: the local judges' latency, plus the remote
-    ones' for the texts it escalates (asked one after the other)."""
-    asks = escalated(policy, local)
+    ones' (``pending``) for the texts it escalates (asked one after the other)."""
+    asks = escalated(policy, local, pending)
     up = [asks(b) for b in got.ballots]
-    judges = [v.model for v in got.ballots[0]]
-    remote = [j for j in judges if j not in local]
+    remote = [p.model for p in pending]
     per_text = []
     for i, esc in enumerate(up):
         t = max(got.latency_ms[j][i] for j in local)
@@ -209,9 +225,9 @@ def _cascade_row(
     rate = sum(up) / len(up) if up else 0.0
     simulated = "; simulated judge" if SIMULATED_JUDGE in remote else ""
     return Row(
-        system="cascade (local first)",
+        system=system,
         dataset=dataset,
-        scores=confusion(got.labels, [cascade(policy, local)(b) for b in got.ballots]),
+        scores=confusion(got.labels, [cascade(policy, local, pending)(b) for b in got.ballots]),
         p50_ms=p50,
         p99_ms=p99,
         cost_per_1k=sum(cost[j] for j in local) + rate * sum(cost[j] for j in remote),
@@ -241,8 +257,12 @@ async def _judges(
         http = await stack.enter_async_context(httpx.AsyncClient())
         channel = await stack.enter_async_context(grpc.aio.insecure_channel("127.0.0.1:9"))
         journal = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "eval.journal"
-        meter = Meter(cost_pb2_grpc.CostServiceStub(channel), journal, source="eval")
-        await meter.start()  # the simulated judge's calls are billed into a scratch journal
+        # the simulated judge's calls are billed into a scratch journal, with no budgets
+        settings = MeterSettings(reserve=False)
+        meter = Meter(
+            cost_pb2_grpc.CostServiceStub(channel), journal, source="eval", settings=settings
+        )
+        await meter.start()
         stack.push_async_callback(meter.stop, 0.0)
         judges = build_judges(registry, TritonScorer(triton), OpenAIChat(http, {}), meter)
         yield judges, registry

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from services.voter.voting import Policy, Status, Vote, combine, sure
+from services.voter.voting import Pending, Policy, Status, Vote, combine, sure
 
 #: the moderation categories each labelled set (quorum.datasets) is about
 SET_CATEGORIES: Mapping[str, tuple[str, ...]] = {
@@ -96,18 +96,20 @@ def ensemble(policy: Policy, *, weights: Mapping[str, float] | None = None) -> S
     return flagged
 
 
-def escalated(policy: Policy, local: frozenset[str]) -> Callable[[Ballots], bool]:
-    """Whether the cascade asks the remote judges about this text."""
+def escalated(
+    policy: Policy, local: frozenset[str], remote: Sequence[Pending] = ()
+) -> Callable[[Ballots], bool]:
+    """Whether the cascade asks the ``remote`` judges about this text (as :func:`sure`)."""
 
     def asks(votes: Ballots) -> bool:
-        return not sure([v for v in votes if v.model in local], policy)
+        return not sure([v for v in votes if v.model in local], policy, remote)
 
     return asks
 
 
-def cascade(policy: Policy, local: frozenset[str]) -> System:
+def cascade(policy: Policy, local: frozenset[str], remote: Sequence[Pending] = ()) -> System:
     """The local judges alone when they are sure, else the whole panel."""
-    asks = escalated(policy, local)
+    asks = escalated(policy, local, remote)
 
     def flagged(votes: Ballots) -> bool:
         if asks(votes):

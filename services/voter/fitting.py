@@ -32,7 +32,7 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 
 from services.voter.evaluation import SET_CATEGORIES
-from services.voter.voting import Policy, Status, Vote, combine
+from services.voter.voting import Pending, Policy, Status, Vote, combine
 
 Array = npt.NDArray[np.float64]
 
@@ -236,13 +236,22 @@ def fit(
             best = (t, err)
     result = Fit(tuple(fits), best[0], best[1], error_correlation(examples, list(judge_categories)))
     if local and set(local) < set(judge_categories):
-        margin, escalation = fit_cascade(examples, result.policy(base), frozenset(local))
+        weights = {v.model: v.weight for e in examples for v in e.ballot}
+        remote = [
+            Pending(j, weights.get(j, 1.0), tuple(cats))
+            for j, cats in judge_categories.items()
+            if j not in local
+        ]
+        margin, escalation = fit_cascade(examples, result.policy(base), frozenset(local), remote)
         result = replace(result, cascade_margin=margin, escalation=escalation)
     return result
 
 
 def fit_cascade(
-    examples: Sequence[Example], policy: Policy, local: frozenset[str]
+    examples: Sequence[Example],
+    policy: Policy,
+    local: frozenset[str],
+    remote: Sequence[Pending] = (),
 ) -> tuple[float, float]:
     """The margin with the fewest training errors among those that escalate at most
     :data:`MAX_ESCALATION` of the texts (the smallest margin when none does)."""
@@ -253,11 +262,11 @@ def fit_cascade(
     labels = np.array([bool(e.label) for e in examples])
     for m in CASCADE_MARGINS:
         p = replace(policy, cascade_margin=m)
-        asks = escalated(p, local)
+        asks = escalated(p, local, remote)
         rate = float(np.mean([asks(e.ballot) for e in examples]))
         if rate > MAX_ESCALATION:
             continue
-        system = cascade(p, local)
+        system = cascade(p, local, remote)
         errors = float(np.sum(sw * (np.array([system(e.ballot) for e in examples]) != labels)))
         if errors < best[1] - 1e-12:
             best = (m, errors, rate)

@@ -16,9 +16,9 @@ from quorum.backends.triton import TritonScorer
 from quorum.backends.types import ChatMessage, ChatRequest, TokenUsage
 from quorum.errors import Unavailable
 from quorum.registry import CATEGORIES, ModelSpec, OpenAIBackend, Registry, TritonBackend
-from quorum.usage import Meter
+from quorum.usage import Budgeted, Meter
 from services.voter.parsing import VerdictParseError, parse_verdict
-from services.voter.voting import Status, Vote
+from services.voter.voting import Pending, Status, Vote
 
 SYSTEM_PROMPT = (
     "You are a content-moderation classifier. Judge the user's text, not its author. "
@@ -83,13 +83,23 @@ class JudgeResult:
 class Judge(Protocol):
     spec: ModelSpec
 
-    async def judge(self, text: str, *, timeout_s: float, usage_key: str) -> JudgeResult:
-        """A vote on ``text``; a paid judge bills its call under ``usage_key``."""
+    async def judge(
+        self, text: str, *, timeout_s: float, usage_key: str, tenant: str
+    ) -> JudgeResult:
+        """A vote on ``text``; a paid judge bills its call under ``usage_key`` to ``tenant``,
+        and first reserves it against that tenant's hard budgets (ResourceExhausted,
+        BUDGET_EXCEEDED, when they cannot hold it: no call is made)."""
         ...
 
 
-def _weight(spec: ModelSpec) -> float:
+def weight_of(spec: ModelSpec) -> float:
     return spec.moderation.weight if spec.moderation else 1.0
+
+
+def pending_of(spec: ModelSpec) -> Pending:
+    """What a judge not heard yet could still change: its weight and its categories."""
+    cats = tuple(spec.moderation.categories) if spec.moderation else ()
+    return Pending(spec.name, weight_of(spec), cats)
 
 
 def _judged(spec: ModelSpec, scores: dict[str, float]) -> dict[str, float]:
@@ -98,7 +108,11 @@ def _judged(spec: ModelSpec, scores: dict[str, float]) -> dict[str, float]:
 
 
 class LLMJudge:
-    """A remote LLM asked for a JSON verdict (structured output where the provider has it)."""
+    """A remote LLM asked for a JSON verdict (structured output where the provider has it).
+
+    Its calls are the tenant's spend like any other: billed to the tenant, and reserved
+    against its hard budgets (at most its input at a token per 3 bytes and ``max_tokens`` of
+    output, held for the call's timeout), as the router's own calls are."""
 
     def __init__(
         self, spec: ModelSpec, chat: OpenAIChat, meter: Meter, *, max_tokens: int = 300
@@ -111,7 +125,9 @@ class LLMJudge:
         self._meter = meter
         self._max_tokens = max_tokens
 
-    async def judge(self, text: str, *, timeout_s: float, usage_key: str) -> JudgeResult:
+    async def judge(
+        self, text: str, *, timeout_s: float, usage_key: str, tenant: str
+    ) -> JudgeResult:
         request = ChatRequest(
             messages=(
                 ChatMessage("system", SYSTEM_PROMPT),
@@ -127,6 +143,8 @@ class LLMJudge:
             input_tokens=tokens.approx_messages(request.messages),
             max_output_tokens=self._max_tokens,
             count_input=lambda: tokens.count_messages(request.messages),
+            tenant=tenant,
+            budget=Budgeted(tokens.most_messages(request.messages), self._max_tokens, timeout_s),
         )
         try:
             result = await self._chat.complete(self._backend, request, timeout_s=timeout_s)
@@ -145,7 +163,7 @@ class LLMJudge:
             ) from None
         vote = Vote(
             model=self.spec.name,
-            weight=_weight(self.spec),
+            weight=weight_of(self.spec),
             status=Status.OK,
             is_safe=verdict.is_safe,
             confidence=verdict.confidence,
@@ -181,7 +199,9 @@ class TritonJudge:
         self._categories = mod.categories
         self._thresholds = {c: mod.cutoff(c) for c in mod.categories}
 
-    async def judge(self, text: str, *, timeout_s: float, usage_key: str) -> JudgeResult:
+    async def judge(
+        self, text: str, *, timeout_s: float, usage_key: str, tenant: str
+    ) -> JudgeResult:
         if self._per_category:
             (scores,) = await self._scorer.score_categories(
                 self._model, [text], self._categories, timeout_s=timeout_s
@@ -199,7 +219,7 @@ class TritonJudge:
             confidence = max(flagged)
         vote = Vote(
             model=self.spec.name,
-            weight=_weight(self.spec),
+            weight=weight_of(self.spec),
             status=Status.OK,
             is_safe=is_safe,
             confidence=confidence,

@@ -17,13 +17,19 @@ from opentelemetry import trace
 
 from quorum.backends.types import TokenUsage
 from quorum.deadline import Deadline
-from quorum.errors import DeadlineExceeded, InvalidArgument, NotFound, QuorumError, Unavailable
+from quorum.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    QuorumError,
+    ResourceExhausted,
+    Unavailable,
+)
 from quorum.registry import ModelSpec, TritonBackend
 from quorum.usage import usage_key
-from services.voter.judges import Judge, JudgeResult
+from services.voter.judges import Judge, JudgeResult, pending_of, weight_of
 from services.voter.voting import (
     Decision,
-    Pending,
     Policy,
     Status,
     Vote,
@@ -48,6 +54,19 @@ class Ballot:
     latency_ms: int
     provider: str
     simulated: bool
+    #: why the judge abstained, when it failed with one of our errors
+    failure: QuorumError | None = None
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """One moderation as each judge is asked it."""
+
+    text: str
+    request_id: str
+    #: whose moderation it is: the tenant its paid judges bill and reserve against
+    tenant: str
+    timeout_s: float
 
 
 @dataclass(frozen=True)
@@ -56,18 +75,9 @@ class Outcome:
     ballots: tuple[Ballot, ...]
 
 
-def _weight(spec: ModelSpec) -> float:
-    return spec.moderation.weight if spec.moderation else 1.0
-
-
-def _pending(spec: ModelSpec) -> Pending:
-    cats = tuple(spec.moderation.categories) if spec.moderation else ()
-    return Pending(spec.name, _weight(spec), cats)
-
-
 def _skipped(spec: ModelSpec, why: str) -> Ballot:
     return Ballot(
-        vote=Vote(spec.name, _weight(spec), Status.SKIPPED, error=why),
+        vote=Vote(spec.name, weight_of(spec), Status.SKIPPED, error=why),
         usage=TokenUsage(),
         latency_ms=0,
         provider=spec.provider_name,
@@ -119,14 +129,36 @@ class Moderator:
         return chosen
 
     async def moderate(
-        self, text: str, request_id: str, models: Sequence[str], deadline: Deadline
+        self,
+        text: str,
+        request_id: str,
+        models: Sequence[str],
+        deadline: Deadline,
+        *,
+        tenant: str,
     ) -> Outcome:
+        """The votes on ``text`` and their verdict; the paid judges bill their calls to
+        ``tenant`` and reserve them against its hard budgets (a judge its budget refuses
+        abstains). Without quorum (and ``on_no_quorum = "error"``): ResourceExhausted
+        (BUDGET_EXCEEDED) when a budget refused a judge, else Unavailable (NO_QUORUM)."""
         judges = self.validate(text, models)
         timeout = min(self._model_timeout, max(deadline.remaining() - _MARGIN_S, 0.01))
-        ballots = await self._cascade(judges, text, timeout, request_id)
+        ballots = await self._cascade(judges, _Asked(text, request_id, tenant, timeout))
         decision = combine([b.vote for b in ballots], self._policy)
         if not decision.quorum and self._policy.on_no_quorum == "error":
             voted = sum(b.vote.status is Status.OK for b in ballots)
+            refused = [
+                b.failure
+                for b in ballots
+                if b.failure is not None and b.failure.reason == "BUDGET_EXCEEDED"
+            ]
+            if refused:  # more budget, not a retry, is what would help
+                raise ResourceExhausted(
+                    f"only {voted} of {len(ballots)} moderation models answered; "
+                    f"{len(refused)} refused by the budget of tenant {tenant!r}",
+                    reason="BUDGET_EXCEEDED",
+                    metadata=refused[0].metadata,
+                )
             raise Unavailable(
                 f"only {voted} of {len(ballots)} moderation models answered; "
                 f"{self._policy.min_votes} needed",
@@ -141,30 +173,24 @@ class Moderator:
         )
         return Outcome(decision, tuple(ballots))
 
-    async def _cascade(
-        self, judges: Sequence[Judge], text: str, timeout_s: float, request_id: str
-    ) -> list[Ballot]:
+    async def _cascade(self, judges: Sequence[Judge], asked: _Asked) -> list[Ballot]:
         """With the cascade on, the local judges first; the remote ones only when the local
         ones are not :func:`sure` (else their votes say skipped, and why)."""
         local = [j for j in judges if isinstance(j.spec.backend, TritonBackend)]
         remote = [j for j in judges if not isinstance(j.spec.backend, TritonBackend)]
         if not (self._policy.cascade and local and remote):
-            return await self._vote(judges, text, timeout_s, request_id)
-        first = await self._vote(local, text, timeout_s, request_id)
-        if sure([b.vote for b in first], self._policy):
-            why = "not asked (cascade): the local judges were sure"
+            return await self._vote(judges, asked)
+        first = await self._vote(local, asked)
+        if sure([b.vote for b in first], self._policy, [pending_of(j.spec) for j in remote]):
+            why = "not asked (cascade): the local judges were sure, or it could not change it"
             return [*first, *(_skipped(j.spec, why) for j in remote)]
-        return [*first, *await self._vote(remote, text, timeout_s, request_id)]
+        return [*first, *await self._vote(remote, asked)]
 
-    async def _vote(
-        self, judges: Sequence[Judge], text: str, timeout_s: float, request_id: str
-    ) -> list[Ballot]:
+    async def _vote(self, judges: Sequence[Judge], asked: _Asked) -> list[Ballot]:
         """Every judge at once; with early decision on, the remote judges still running are
         cancelled as soon as they can no longer change the outcome (their ballots say
         skipped). Local judges are always waited for."""
-        tasks = {
-            asyncio.create_task(self._ballot(j, text, timeout_s, request_id)): j for j in judges
-        }
+        tasks = {asyncio.create_task(self._ballot(j, asked)): j for j in judges}
         got: dict[str, Ballot] = {}
         waiting = set(tasks)
         try:
@@ -181,7 +207,7 @@ class Moderator:
                     and self._early
                     and decided(
                         [b.vote for b in got.values()],
-                        [_pending(tasks[t].spec) for t in waiting],
+                        [pending_of(tasks[t].spec) for t in waiting],
                         self._policy,
                     )
                 ):
@@ -197,18 +223,21 @@ class Moderator:
             got[spec.name] = _skipped(spec, why)
         return [got[j.spec.name] for j in judges]
 
-    async def _ballot(self, judge: Judge, text: str, timeout_s: float, request_id: str) -> Ballot:
+    async def _ballot(self, judge: Judge, asked: _Asked) -> Ballot:
         spec = judge.spec
-        weight = _weight(spec)
+        weight = weight_of(spec)
+        timeout_s = asked.timeout_s
         start = time.monotonic()
         usage = TokenUsage()
+        failure: QuorumError | None = None
         try:
             async with asyncio.timeout(timeout_s):
                 result: JudgeResult = await judge.judge(
-                    text,
+                    asked.text,
                     timeout_s=timeout_s,
                     # one key per call: a moderation asked for again is billed again
-                    usage_key=usage_key(request_id, "judge", spec.name, uuid.uuid4().hex[:8]),
+                    usage_key=usage_key(asked.request_id, "judge", spec.name, uuid.uuid4().hex[:8]),
+                    tenant=asked.tenant,
                 )
             vote, usage = result.vote, result.usage
         except TimeoutError:
@@ -216,6 +245,7 @@ class Moderator:
                 spec.name, weight, Status.TIMEOUT, error=f"no answer within {timeout_s:.2f}s"
             )
         except QuorumError as err:
+            failure = err
             status = Status.TIMEOUT if isinstance(err, DeadlineExceeded) else Status.ERROR
             vote = Vote(spec.name, weight, status, error=f"{err.reason}: {err.message}")
         except Exception:
@@ -229,4 +259,5 @@ class Moderator:
             latency_ms=int((time.monotonic() - start) * 1000),
             provider=spec.provider_name,
             simulated=spec.simulated,
+            failure=failure,
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from quorum import ids, protoconv
+from quorum import auth, ids, protoconv
 from quorum.deadline import Deadline
 from quorum.grpcerrors import map_errors
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
@@ -53,6 +53,13 @@ def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2
     )
 
 
+def _tenant(named: str) -> str:
+    """The tenant a moderation is for: the one the request names (a client key only its
+    own), else the caller's."""
+    checked = ids.tenant(named, field="tenant", required=True) if named else ""
+    return auth.current().acting_for(checked).tenant
+
+
 class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
     def __init__(
         self, moderator: Moderator, *, default_timeout_s: float, max_timeout_s: float
@@ -69,9 +76,10 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
             context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
         )
         start = time.monotonic()
+        tenant = _tenant(request.tenant)
         request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
         outcome = await self._moderator.moderate(
-            request.text, request_id, list(request.models), deadline
+            request.text, request_id, list(request.models), deadline, tenant=tenant
         )
         latency_ms = int((time.monotonic() - start) * 1000)
         return to_response(request_id, outcome, latency_ms)

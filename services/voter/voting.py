@@ -163,10 +163,13 @@ def decided(votes: Sequence[Vote], pending: Sequence[Pending], policy: Policy) -
     return len(outcomes) == 1
 
 
-def sure(votes: Sequence[Vote], policy: Policy) -> bool:
-    """Whether the cascade may answer from these (the local judges') votes alone: a quorum
-    voted, every one of them agrees, and every combined category score lies at least
-    ``cascade_margin`` away from its threshold."""
+def sure(votes: Sequence[Vote], policy: Policy, remote: Sequence[Pending] = ()) -> bool:
+    """Whether the cascade may answer from these (the local judges') votes alone: the
+    ``remote`` judges could not change whether the text is safe (:func:`decided`, so skipping
+    them costs no accuracy), or a quorum voted, every one of them agrees, and every combined
+    category score lies at least ``cascade_margin`` away from its threshold."""
+    if remote and decided(votes, remote, policy):
+        return True
     d = combine(votes, policy)
     ok = [v for v in votes if v.status is Status.OK]
     if not d.quorum or len({v.is_safe for v in ok}) != 1:

@@ -18,16 +18,29 @@ from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2_grpc
 
-__all__ = ["free_port", "mesh_config", "reason", "start", "stop", "wait_for_recorded"]
+__all__ = [
+    "error_info",
+    "free_port",
+    "mesh_config",
+    "reason",
+    "start",
+    "stop",
+    "wait_for_recorded",
+]
 
 
-def reason(err: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason of a failed call."""
+def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo of a failed call."""
     status = rpc_status.from_call(err)
     assert status is not None, "no google.rpc.Status in the trailers"
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
-    return str(info.reason)
+    return info
+
+
+def reason(err: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call."""
+    return str(error_info(err).reason)
 
 
 def free_port() -> int:

@@ -43,7 +43,9 @@ def judge_for(url: str, json_mode: str, client: httpx.AsyncClient, meter: Meter)
 async def test_judge_votes_in_each_json_mode(sim, mode, meter):
     async with httpx.AsyncClient() as client:
         judge = judge_for(sim.url, mode, client, meter)
-        result = await judge.judge("I will kill you, you idiot", timeout_s=5, usage_key="m1")
+        result = await judge.judge(
+            "I will kill you, you idiot", timeout_s=5, usage_key="m1", tenant="acme"
+        )
     assert result.vote.status is Status.OK and not result.vote.is_safe
     # only the categories the registry says this model judges are kept
     assert set(result.vote.categories) <= {"hate", "violence"}
@@ -52,7 +54,7 @@ async def test_judge_votes_in_each_json_mode(sim, mode, meter):
     assert sent == response_format(mode)
     await meter.sync()
     (rec,) = replay(meter.path)[1].values()
-    assert (rec.request_id, rec.model, rec.source) == ("m1", "j", "voter")
+    assert (rec.request_id, rec.model, rec.source, rec.tenant) == ("m1", "j", "voter", "acme")
     assert (rec.input_tokens, rec.output_tokens) == (
         result.usage.input_tokens,
         result.usage.output_tokens,
@@ -65,7 +67,7 @@ async def test_unparseable_verdict_is_an_error_not_a_vote_but_is_billed(sim, met
     async with httpx.AsyncClient() as client:
         with pytest.raises(Unavailable) as e:
             await judge_for(sim.url, "json_schema", client, meter).judge(
-                "hello", timeout_s=5, usage_key="m2"
+                "hello", timeout_s=5, usage_key="m2", tenant="acme"
             )
     assert e.value.reason == "UNPARSEABLE_VERDICT"
     await meter.sync()
@@ -77,11 +79,11 @@ async def test_a_judge_that_errors_bills_nothing_and_one_that_hangs_bills_an_est
     async with httpx.AsyncClient() as client:
         judge = judge_for(sim.url, "json_schema", client, meter)
         with pytest.raises(Unavailable):
-            await judge.judge("hello", timeout_s=5, usage_key="err")
+            await judge.judge("hello", timeout_s=5, usage_key="err", tenant="acme")
         sim.add_fault(Fault(kind="hang", seconds=2, times=1))
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):  # the voter's per-judge timeout cancels the call
-                await judge.judge("hello there", timeout_s=5, usage_key="slow")
+                await judge.judge("hello there", timeout_s=5, usage_key="slow", tenant="acme")
     await meter.sync()
     intents, pending = replay(meter.path)
     assert not intents and list(pending) == ["slow"]

@@ -24,3 +24,21 @@ def test_eval_prints_every_judge_and_the_ensembles(run_module, tmp_path):
         assert r["dataset"] == "violence"
         assert 0 <= r["scores"]["error_rate"] <= 1 and r["p50_ms"] > 0
         assert r["cost_per_1k"] == 0  # local judges bill nothing
+
+
+def test_eval_with_a_simulated_remote_judge_adds_the_cascades(run_module, tmp_path):
+    fitted = tmp_path / "fitted.toml"
+    fitted.write_text("[voter]\nvote_threshold = 0.5\ncascade_margin = 0.1\n")
+    done = run_module(
+        "quorum.cli", "eval", "--sets", "violence", "--limit", "30", "--json", "--simulated",
+        "--fitted", str(fitted), env={"QUORUM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {r["system"]: r for r in json.loads(done.stdout)}
+    panel = rows["ensemble (configured weights)"]
+    assert "simulated judge" in rows["sim-judge"]["notes"] and panel["cost_per_1k"] > 0
+    for name in ("cascade (local first)", "cascade (fitted)"):
+        row = rows[name]
+        assert "asked the remote judges for" in row["notes"] and "simulated" in row["notes"]
+        # it pays the remote judges only for the texts it sends on
+        assert 0 <= row["cost_per_1k"] <= panel["cost_per_1k"]

@@ -201,9 +201,9 @@ async def test_voter_judge_votes_per_category(
 ) -> None:
     spec = load_registry(config.defaults()).get(judged.judge)
     judge = TritonJudge(spec, scorer)
-    threat = (await judge.judge(THREAT, timeout_s=30, usage_key="k1")).vote
+    threat = (await judge.judge(THREAT, timeout_s=30, usage_key="k1", tenant="acme")).vote
     assert not threat.is_safe
     assert set(threat.categories) == set(heads.categories)
     assert threat.categories["violence"] >= heads.cutoff("violence")
-    benign = (await judge.judge(BENIGN, timeout_s=30, usage_key="k2")).vote
+    benign = (await judge.judge(BENIGN, timeout_s=30, usage_key="k2", tenant="acme")).vote
     assert benign.is_safe and benign.confidence > 0.5

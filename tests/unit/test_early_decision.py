@@ -68,7 +68,9 @@ class FakeJudge:
         self.safe, self.delay = safe, delay
         self.cancelled = False
 
-    async def judge(self, text: str, *, timeout_s: float, usage_key: str) -> JudgeResult:
+    async def judge(
+        self, text: str, *, timeout_s: float, usage_key: str, tenant: str
+    ) -> JudgeResult:
         try:
             await asyncio.sleep(self.delay)
         except asyncio.CancelledError:
@@ -88,7 +90,7 @@ async def test_the_slow_judge_no_longer_sets_the_latency():
     judges = {j.spec.name: j for j in [*fast, slow]}
     moderator = Moderator(judges, Policy(), model_timeout_s=10, max_text_chars=100)
     start = time.monotonic()
-    outcome = await moderator.moderate("hello", "r1", [], Deadline.after(10))
+    outcome = await moderator.moderate("hello", "r1", [], Deadline.after(10), tenant="acme")
     assert time.monotonic() - start < 1.0
     assert outcome.decision.is_safe and slow.cancelled
     skipped = [b for b in outcome.ballots if b.vote.status is Status.SKIPPED]
@@ -97,7 +99,7 @@ async def test_the_slow_judge_no_longer_sets_the_latency():
 
     waiting = Moderator(judges, Policy(), model_timeout_s=0.3, max_text_chars=100,
                         early_decision=False)  # fmt: skip
-    outcome = await waiting.moderate("hello", "r2", [], Deadline.after(10))
+    outcome = await waiting.moderate("hello", "r2", [], Deadline.after(10), tenant="acme")
     assert [b.vote.status for b in outcome.ballots][-1] is Status.TIMEOUT
 
 
@@ -115,6 +117,21 @@ def test_the_local_judges_are_sure_only_when_they_agree_away_from_every_threshol
     assert not sure([Vote("a", 1.0, Status.ERROR)], policy)  # no quorum
 
 
+def test_the_local_judges_settle_a_text_the_remote_ones_could_not_change():
+    """With the remote judges named, a text is settled when they could not change the
+    outcome (as for early decision), even where the local judges disagree."""
+    from services.voter.voting import sure
+
+    policy = Policy(thresholds={"violence": 0.3}, cascade_margin=0.1)
+    remote = [Pending("llm", 1.0, ("violence",))]
+    threat = [ok("a", False, violence=0.9), ok("b", True)]
+    assert not sure(threat, policy)  # they disagree ...
+    assert sure(threat, policy, remote)  # ... but one more vote cannot bring 0.9 under 0.3
+    borderline = [ok("a", True, violence=0.2), ok("b", True)]
+    assert not sure(borderline, policy, remote)  # the remote judge could flag it
+    assert not sure([Vote("a", 1.0, Status.ERROR)], policy, remote)  # no quorum
+
+
 class LocalJudge(FakeJudge):
     def __init__(self, name: str, score: float):
         reg = load_registry(
@@ -124,7 +141,9 @@ class LocalJudge(FakeJudge):
         self.spec = reg.get(name)
         self.delay, self.cancelled, self.score = 0.0, False, score
 
-    async def judge(self, text: str, *, timeout_s: float, usage_key: str) -> JudgeResult:
+    async def judge(
+        self, text: str, *, timeout_s: float, usage_key: str, tenant: str
+    ) -> JudgeResult:
         vote = Vote(self.spec.name, 1.0, Status.OK, is_safe=self.score < 0.5, confidence=0.9,
                     categories={"spam": self.score})  # fmt: skip
         return JudgeResult(vote, TokenUsage())
@@ -136,7 +155,7 @@ async def test_the_cascade_asks_the_remote_judge_only_when_the_local_one_is_unsu
         remote = FakeJudge("remote", True, 0.01)
         judges = {"local": LocalJudge("local", score), "remote": remote}
         moderator = Moderator(judges, policy, model_timeout_s=5, max_text_chars=100)
-        outcome = await moderator.moderate("hi", "r", [], Deadline.after(5))
+        outcome = await moderator.moderate("hi", "r", [], Deadline.after(5), tenant="acme")
         (ballot,) = [b for b in outcome.ballots if b.vote.model == "remote"]
         if asked:
             assert ballot.vote.status is Status.OK

@@ -44,7 +44,7 @@ PER_CATEGORY = {
 
 async def _vote(spec: Any, scorer: FakeScorer) -> Any:
     judge = TritonJudge(spec, scorer)  # type: ignore[arg-type]
-    result = await judge.judge("some text", timeout_s=1.0, usage_key="k")
+    result = await judge.judge("some text", timeout_s=1.0, usage_key="k", tenant="acme")
     return result.vote
 
 

@@ -44,7 +44,7 @@ def judge(name: str, score: float) -> tuple[TritonJudge, FixedScorer]:
 )
 async def test_vote_uses_the_registry_cut_off(name: str, score: float, safe: bool) -> None:
     j, _ = judge(name, score)
-    result = await j.judge("some text", timeout_s=1, usage_key="k")
+    result = await j.judge("some text", timeout_s=1, usage_key="k", tenant="acme")
     assert result.vote.status is Status.OK
     assert result.vote.is_safe is safe
     assert result.vote.confidence == pytest.approx(max(score, 1 - score))
@@ -52,11 +52,11 @@ async def test_vote_uses_the_registry_cut_off(name: str, score: float, safe: boo
 
 async def test_scores_only_its_own_categories_on_its_own_model() -> None:
     nsfw, scorer = judge("nsfw-check", 0.9)
-    result = await nsfw.judge("x", timeout_s=1, usage_key="k")
+    result = await nsfw.judge("x", timeout_s=1, usage_key="k", tenant="acme")
     assert dict(result.vote.categories) == {"adult": pytest.approx(0.9)}
     assert scorer.models == ["nsfw_check"]
     profanity, scorer = judge("profanity-check", 0.9)
-    result = await profanity.judge("x", timeout_s=1, usage_key="k")
+    result = await profanity.judge("x", timeout_s=1, usage_key="k", tenant="acme")
     assert set(result.vote.categories) == {"harassment", "hate"}
     assert scorer.models == ["profanity_check"]
 

@@ -23,14 +23,16 @@ VOTE_STATUS_TIMEOUT: VoteStatus
 VOTE_STATUS_SKIPPED: VoteStatus
 
 class ModerateRequest(_message.Message):
-    __slots__ = ("text", "request_id", "models")
+    __slots__ = ("text", "request_id", "models", "tenant")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     text: str
     request_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, text: _Optional[str] = ..., request_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, text: _Optional[str] = ..., request_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ModelVote(_message.Message):
     __slots__ = ("model", "provider", "status", "is_safe", "confidence", "categories", "weight", "latency_ms", "error", "usage", "simulated")

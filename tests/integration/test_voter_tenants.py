@@ -1,0 +1,230 @@
+"""Moderation is the tenant's spend: real cost, voter and router servers (in process), the
+provider simulator as the voter's paid LLM judges, a real SQLite ledger. Each judge call is
+billed to the tenant the text is moderated for and reserved against its hard budgets; who
+may name that tenant follows the keys (a client only its own)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from quorum.auth import KeyStore, Role
+from quorum.common.v1 import common_pb2
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.router.v1 import router_pb2, router_pb2_grpc
+from quorum.simulator import ProviderSimulator
+from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
+from services.cost import server as cost_server
+from services.cost.config import from_config as cost_settings
+from services.router import server as router_server
+from services.router.config import RouterSettings
+from services.voter import server as voter_server
+from services.voter.config import VoterSettings
+from tests.integration.inproc import error_info, free_port, mesh_config, start, stop
+
+Metadata = tuple[tuple[str, str], ...]
+CATEGORIES = ["violence", "adult", "hate", "spam", "harassment"]
+
+
+@dataclass
+class Mesh:
+    router: router_pb2_grpc.RouterServiceStub
+    voter: voter_pb2_grpc.VoterServiceStub
+    cost: cost_pb2_grpc.CostServiceStub
+    #: "authorization" metadata by key name (empty with keys off)
+    keys: dict[str, Metadata]
+
+
+def judge(provider_model: str) -> dict:
+    return {
+        "provider": "sim",
+        "provider_model": provider_model,
+        "input_per_mtok": "1.00",
+        "output_per_mtok": "2.00",
+        "moderation": {"weight": 1.0, "categories": CATEGORIES},
+    }
+
+
+@asynccontextmanager
+async def quorum_mesh(sim: ProviderSimulator, tmp_path: Path, *, keys: bool) -> AsyncIterator[Mesh]:
+    """Cost, voter (two simulated LLM judges, no local ones) and router with input
+    moderation, with keys on or off."""
+    env = {"QUORUM_DATA_DIR": str(tmp_path)}
+    tokens: dict[str, str] = {}
+    if keys:
+        store = KeyStore(tmp_path / "keys.json")
+        for name, tenant, role in (
+            ("acme", "acme", Role.CLIENT),
+            ("admin", "ops", Role.ADMIN),
+            ("service", "quorum", Role.SERVICE),
+        ):
+            tokens[name] = store.create(tenant, role)[1]
+        env["QUORUM_SERVICE_KEY"] = tokens["service"]
+    cost_port, voter_port = free_port(), free_port()
+    data = mesh_config(sim.url, cost_port=cost_port, voter_port=voter_port, moderation="input")
+    data["models"] = {
+        "sim-chat": data["models"]["sim-chat"],
+        "sim-judge": judge("sim-judge-1"),
+        "sim-judge-b": judge("sim-judge-2"),
+    }
+    data["voter"]["address"] = f"127.0.0.1:{voter_port}"
+    data["auth"] |= {"enabled": keys}
+    data["usage"]["unbudgeted_cache_s"] = 0  # a budget set mid-test holds at once
+    async with AsyncExitStack() as stack:
+        for create, settings in (
+            (cost_server.create, cost_settings(data, env)),
+            (voter_server.create, VoterSettings.from_config(data, env)),
+            (router_server.create, RouterSettings.from_config(data, env)),
+        ):
+            handle = await start(create, settings)
+            stack.push_async_callback(stop, handle)
+        rch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{handle[1]}"))
+        vch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{voter_port}"))
+        cch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}"))
+        yield Mesh(
+            router_pb2_grpc.RouterServiceStub(rch),
+            voter_pb2_grpc.VoterServiceStub(vch),
+            cost_pb2_grpc.CostServiceStub(cch),
+            {n: (("authorization", f"Bearer {t}"),) for n, t in tokens.items()},
+        )
+
+
+async def judge_usage(
+    mesh: Mesh, want: dict[str, int], *, metadata: Metadata = (), timeout_s: float = 10.0
+) -> dict[str, int]:
+    """The judges' calls per tenant in the ledger, once they are ``want`` (the voter sends
+    its records in the background) or the time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got: dict[str, int] = {}
+        for model in ("sim-judge", "sim-judge-b"):
+            report = await mesh.cost.GetUsageReport(
+                cost_pb2.GetUsageReportRequest(
+                    model=model, group_by=cost_pb2.REPORT_GROUPING_TENANT
+                ),
+                metadata=metadata,
+                timeout=5,
+            )
+            for row in report.rows:
+                got[row.key] = got.get(row.key, 0) + row.requests
+        if got == want or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.05)
+
+
+def moderate(text: str = "have a nice day", **kw) -> voter_pb2.ModerateRequest:
+    return voter_pb2.ModerateRequest(text=text, **kw)
+
+
+async def fails(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    return e.value
+
+
+async def test_a_tenants_completion_bills_its_input_moderation_to_it(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=True) as mesh:
+        resp = await mesh.router.Complete(
+            router_pb2.CompleteRequest(prompt="hello", max_tokens=50),
+            metadata=mesh.keys["acme"],
+            timeout=10,
+        )
+        assert [v.status for v in resp.input_moderation.votes] == [voter_pb2.VOTE_STATUS_OK] * 2
+        # both judges' calls are acme's: not the router's service key's tenant, nor "default"
+        admin = mesh.keys["admin"]
+        assert await judge_usage(mesh, {"acme": 2}, metadata=admin) == {"acme": 2}
+        # and acme sees them as its own usage
+        own = await mesh.cost.GetUsageSummary(
+            cost_pb2.GetUsageSummaryRequest(model="sim-judge"), metadata=mesh.keys["acme"]
+        )
+        assert own.requests == 1
+
+
+async def test_who_may_name_the_tenant_of_a_moderation(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=True) as mesh:
+        acme, service = mesh.keys["acme"], mesh.keys["service"]
+        err = await fails(mesh.voter.Moderate(moderate(tenant="globex"), metadata=acme))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_info(err).reason == "OTHER_TENANT"
+        err = await fails(mesh.voter.Moderate(moderate(tenant="a b"), metadata=service))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert dict(error_info(err).metadata) == {"field": "tenant"}
+        assert not sim.requests  # nothing was judged, nothing billed
+        # a client may name its own tenant (or none); a service key any tenant
+        assert (await mesh.voter.Moderate(moderate(tenant="acme"), metadata=acme)).is_safe
+        assert (await mesh.voter.Moderate(moderate(), metadata=acme)).is_safe
+        assert (await mesh.voter.Moderate(moderate(tenant="globex"), metadata=service)).is_safe
+        admin = mesh.keys["admin"]
+        assert await judge_usage(mesh, {"acme": 4, "globex": 2}, metadata=admin) == {
+            "acme": 4,
+            "globex": 2,
+        }
+
+
+async def test_with_keys_off_the_metadata_or_the_field_names_the_tenant(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=False) as mesh:
+        acme = (("quorum-tenant", "acme"),)
+        await mesh.voter.Moderate(moderate(), metadata=acme)
+        await mesh.voter.Moderate(moderate(tenant="globex"), metadata=acme)  # the field wins
+        await mesh.voter.Moderate(moderate())
+        # the router passes the request's tenant on, for its output moderation too
+        await mesh.router.Complete(
+            router_pb2.CompleteRequest(
+                prompt="hello", max_tokens=50, moderation=router_pb2.MODERATION_MODE_BOTH
+            ),
+            metadata=(("quorum-tenant", "initech"),),
+            timeout=10,
+        )
+        want = {"acme": 2, "globex": 2, "default": 2, "initech": 4}
+        assert await judge_usage(mesh, want) == want
+
+
+async def test_a_judge_its_tenants_budget_cannot_hold_abstains_uncalled(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=False) as mesh:
+        acme = (("quorum-tenant", "acme"),)
+        tight = cost_pb2.Budget(
+            tenant="acme",
+            model="sim-judge-b",
+            limit=common_pb2.Money(micros=100, currency="USD"),  # less than one judge call
+        )
+        await mesh.cost.SetBudget(cost_pb2.SetBudgetRequest(budget=tight), timeout=5)
+        # the other judge keeps the quorum: the verdict stands on its vote alone
+        resp = await mesh.voter.Moderate(moderate(), metadata=acme, timeout=10)
+        assert resp.is_safe and resp.quorum
+        votes = {v.model: v for v in resp.votes}
+        assert votes["sim-judge"].status == voter_pb2.VOTE_STATUS_OK
+        refused = votes["sim-judge-b"]
+        assert refused.status == voter_pb2.VOTE_STATUS_ERROR
+        assert refused.error.startswith("BUDGET_EXCEEDED") and "acme" in refused.error
+        assert "sim-judge-b abstained (error)" in resp.reasons
+        # the refused judge alone: no quorum, for want of budget (not an outage to retry)
+        err = await fails(mesh.voter.Moderate(moderate(models=["sim-judge-b"]), metadata=acme))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(err)
+        assert info.reason == "BUDGET_EXCEEDED" and info.metadata["model"] == "sim-judge-b"
+        # through the router, with both judges out of budget: the client learns why, and the
+        # completion is not made
+        tight.model = "sim-judge"
+        await mesh.cost.SetBudget(cost_pb2.SetBudgetRequest(budget=tight), timeout=5)
+        err = await fails(
+            mesh.router.Complete(
+                router_pb2.CompleteRequest(prompt="hello", max_tokens=50),
+                metadata=acme,
+                timeout=10,
+            )
+        )
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_info(err).reason == "BUDGET_EXCEEDED" and "moderation" in err.details()
+        assert not [r for r in sim.requests if r.model == "sim-chat-1"]
+        # another tenant is not held by acme's budget
+        other = await mesh.voter.Moderate(moderate(), metadata=(("quorum-tenant", "globex"),))
+        assert all(v.status == voter_pb2.VOTE_STATUS_OK for v in other.votes)
+        assert [r.model for r in sim.requests if r.model == "sim-judge-2"] == ["sim-judge-2"]
+        assert await judge_usage(mesh, {"acme": 1, "globex": 2}) == {"acme": 1, "globex": 2}

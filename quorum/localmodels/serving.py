@@ -31,6 +31,7 @@ __all__ = [
     "HeadsModel",
     "category_columns",
     "execute_scoring",
+    "heads_model",
     "output_dtype",
 ]
 
@@ -91,6 +92,31 @@ def output_dtype(pb_utils: Any, model_config: dict[str, Any]) -> Any:
     if out_cfg is None:
         raise pb_utils.TritonModelException(f"config has no {OUTPUT_NAME} output")
     return pb_utils.triton_string_to_numpy(out_cfg["data_type"])
+
+
+def heads_model(
+    pb_utils: Any,
+    *,
+    what: str,
+    load: Callable[[Path], Any],
+    features: Callable[[Sequence[str]], Any],
+    device: str = "cpu",
+) -> type:
+    """The ``TritonPythonModel`` class of a per-category head judge: a :class:`HeadsModel`
+    made at ``initialize``. ``device`` is where ``features`` computes (logged)."""
+
+    class TritonPythonModel:
+        def initialize(self, args: dict[str, str]) -> None:
+            self.model = HeadsModel(pb_utils, args, what=what, load=load, features=features)
+            pb_utils.Logger.log_info(f"{what}: features computed on {device}")
+
+        def execute(self, requests: list[Any]) -> list[Any]:
+            return self.model.execute(requests)
+
+        def finalize(self) -> None:
+            pass
+
+    return TritonPythonModel
 
 
 def category_columns(

@@ -3,34 +3,18 @@
 Input ``TEXT`` (BYTES, [batch, 1], UTF-8) -> one output per category ``SCORE_<CATEGORY>``
 (FP32, [batch, 1]), from the heads in ``heads.npz`` beside this file
 (:class:`quorum.localmodels.serving.HeadsModel`: each output in the config must have a head,
-or the model refuses to load; a dynamic batch is scored in one call).
-
-The stub imports ``quorum`` from the environment's site-packages (the project is installed
-into it); the stub ignores PYTHONPATH.
+or the model refuses to load; a dynamic batch is scored in one call). The stub imports
+``quorum`` from the environment's site-packages (it ignores PYTHONPATH).
 """
-
-from __future__ import annotations
-
-from typing import Any
 
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from quorum.localmodels import ngram
-from quorum.localmodels.serving import HeadsModel
+from quorum.localmodels.serving import heads_model
 
-
-class TritonPythonModel:
-    def initialize(self, args: dict[str, str]) -> None:
-        self.model = HeadsModel(
-            pb_utils,
-            args,
-            what="ngram_heads",
-            load=lambda folder: ngram.load(folder / "heads.npz"),
-            features=ngram.featurize,
-        )
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return self.model.execute(requests)
-
-    def finalize(self) -> None:
-        pass
+TritonPythonModel = heads_model(
+    pb_utils,
+    what="ngram_heads",
+    load=lambda folder: ngram.load(folder / "heads.npz"),
+    features=ngram.featurize,
+)

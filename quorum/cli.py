@@ -456,7 +456,8 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
     print(f"Quorum is up ({took_s:.1f} s):")
     for name in ("router", "voter", "cost", "triton", "simulator"):
         if name in mesh.addresses:
-            print(f"  {name:<10} {mesh.addresses[name]}")
+            scrape = f"  metrics {mesh.metrics[name]}" if name in mesh.metrics else ""
+            print(f"  {name:<10} {mesh.addresses[name]:<16}{scrape}")
     print(f"  logs       {mesh.log_dir.resolve()}")
     if mesh.simulated_models:
         print(

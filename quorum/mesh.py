@@ -5,7 +5,8 @@ the end-to-end tests.
 Services start in dependency order (simulator → Triton → cost → voter → router); each is
 ready when it has printed its address and its health service says SERVING. :meth:`Mesh.stop`
 stops them in reverse order with SIGTERM (a graceful drain), then SIGKILL after a grace time.
-Logs go to ``<data_dir>/logs/<name>.log``.
+Logs go to ``<data_dir>/logs/<name>.log``. :attr:`Mesh.metrics` holds each part's Prometheus
+scrape URL (:mod:`quorum.metrics`; Triton's own on its metrics port).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quorum import config, telemetry
 from quorum.errors import Unavailable
+from quorum.ids import free_ports
 from quorum.registry import OpenAIBackend, load_registry
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
@@ -72,6 +74,8 @@ class Mesh:
     def __init__(self, options: MeshOptions) -> None:
         self.options = options
         self.addresses: dict[str, str] = {}
+        #: where each part's metrics are scraped (http://HOST:PORT/metrics), by part
+        self.metrics: dict[str, str] = {}
         #: generative models whose answers are simulated (no API key)
         self.simulated_models: tuple[str, ...] = ()
         self.triton: TritonServer | None = None
@@ -86,6 +90,20 @@ class Mesh:
         if self.options.ephemeral_ports:
             return "127.0.0.1:0"
         return str(self._config[section][key])
+
+    def _metrics_args(self, section: str) -> list[str]:
+        """The service's scrape endpoint, noted in :attr:`metrics`: a free loopback port when
+        ports are ephemeral (picked here, so the URL is known without asking the service),
+        else the configured one ("" none)."""
+        if self.options.ephemeral_ports:
+            address = f"127.0.0.1:{free_ports(1)[0]}"
+            args = [f"--set={section}.metrics_address={address}"]
+        else:
+            address = str(self._config.get(section, {}).get("metrics_address", ""))
+            args = []
+        if address and not address.endswith(":0"):
+            self.metrics[section] = f"http://{address}/metrics"
+        return args
 
     def _env(self) -> dict[str, str]:
         env = dict(self.options.env)
@@ -169,19 +187,23 @@ class Mesh:
         )
         self.triton.start(timeout_s=max(deadline - time.monotonic(), 1.0))
         self.addresses["triton"] = self.triton.grpc_address
+        self.metrics["triton"] = f"http://{self.triton.metrics_address}/metrics"
 
         cost = self._spawn(
             "cost",
-            [sys.executable, "-m", "services.cost", f"--address={self._port('cost')}", *base],
+            [
+                sys.executable, "-m", "services.cost", f"--address={self._port('cost')}",
+                *self._metrics_args("cost"), *base,
+            ],
             deadline,
-        )
+        )  # fmt: skip
         voter = self._spawn(
             "voter",
             [
                 sys.executable, "-m", "services.voter", f"--address={self._port('voter')}",
                 f"--set=voter.triton_address={self.triton.grpc_address}",
                 f"--set=voter.cost_address={cost.address}",
-                *base,
+                *self._metrics_args("voter"), *base,
             ],
             deadline,
         )  # fmt: skip
@@ -189,6 +211,7 @@ class Mesh:
             sys.executable, "-m", "services.router", f"--address={self._port('router')}",
             f"--set=router.voter_address={voter.address}",
             f"--set=router.cost_address={cost.address}",
+            *self._metrics_args("router"),
         ]  # fmt: skip
         if sim_url:
             router_args.append(f"--set=router.simulator_url={sim_url}")

@@ -1,11 +1,11 @@
-"""The ``__main__`` of every service: arguments, logs, tracing, serve, drain, close.
+"""The ``__main__`` of every service: arguments, logs, tracing, metrics, serve, drain, close.
 
     python -m services.<name> [--config FILE] [--address HOST:PORT] [--set SECTION.KEY=VALUE ...]
 
 Prints one line ``quorum-<name> listening on HOST:PORT`` on stdout once it accepts calls
-(scripts and tests read the port from it), then logs JSON on stderr. Exits 0 after a
-graceful drain on SIGTERM or SIGINT, 2 on a configuration error, 1 when the address cannot
-be bound.
+(scripts and tests read the port from it), then logs JSON on stderr (``metrics on URL`` first,
+when the settings name a scrape endpoint: :mod:`quorum.metrics`). Exits 0 after a graceful
+drain on SIGTERM or SIGINT, 2 on a configuration error, 1 when an address cannot be bound.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from quorum import config, logs, telemetry
+from quorum import config, logs, metrics, telemetry
 from quorum.registry import ConfigError
 from quorum.server import HealthMonitor, serve_until_signal
 
@@ -72,7 +72,10 @@ def run(
         print(f"{service}: configuration error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     shutdown_tracing = telemetry.setup(service)  # before any channel or server exists
+    installed: metrics.Installed | None = None
     try:
+        scrape = getattr(settings, "metrics", None) or metrics.MetricsSettings()
+        installed = metrics.setup(service, scrape)
         asyncio.run(_serve(service, settings, create))
     except ConfigError as e:
         print(f"{service}: configuration error: {e}", file=sys.stderr)
@@ -81,6 +84,8 @@ def run(
         print(f"{service}: cannot serve: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
+        if installed is not None:
+            installed.shutdown()
         shutdown_tracing()
 
 

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from quorum.auth import AuthSettings
 from quorum.authgrpc import server_interceptors
+from quorum.metricsgrpc import MetricsInterceptor
 from quorum.tls import TlsSettings
 
 log = logging.getLogger(__name__)
@@ -37,15 +38,16 @@ def create_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our services (added by ``register``), reflection and health, bound to
     ``address`` ("127.0.0.1:0" picks a free port), with TLS when ``tls`` is enabled
-    (:mod:`quorum.tls`), every call identified by its API key
-    (:mod:`quorum.authgrpc`). Without keys (``auth`` off or None) only a loopback address is
-    allowed (ConfigError otherwise). Run the HealthMonitor's first :meth:`HealthMonitor.update`
-    before starting the server, so health is never SERVING before the dependencies have been
-    checked."""
+    (:mod:`quorum.tls`), every call identified by its API key (:mod:`quorum.authgrpc`) and
+    measured (:mod:`quorum.metricsgrpc`). Without keys (``auth`` off or None) only a loopback
+    address is allowed (ConfigError otherwise). Run the HealthMonitor's first
+    :meth:`HealthMonitor.update` before starting the server, so health is never SERVING before
+    the dependencies have been checked."""
     auth = auth or AuthSettings()
     auth.check_bind(address, "the listening address")
     server = grpc.aio.server(
-        interceptors=server_interceptors(auth),
+        # metrics first: a call the edge refuses is measured too
+        interceptors=[MetricsInterceptor(), *server_interceptors(auth)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -432,8 +432,12 @@ class Meter:
         *,
         source: str,
         settings: MeterSettings | None = None,
+        on_settled: Callable[[UsageRecord], None] | None = None,
     ) -> None:
         self._stub = stub
+        #: told of each record as it is settled (metrics); what it raises is logged, never
+        #: passed on: billing does not depend on it
+        self._on_settled = on_settled
         self.path = journal
         self.rejected_path = journal.with_name(journal.stem + ".rejected.jsonl")
         self._source = source
@@ -511,6 +515,10 @@ class Meter:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue("", done)  # written after everything queued before it
         await done
+
+    @property
+    def source(self) -> str:
+        return self._source
 
     @property
     def backlog(self) -> int:
@@ -661,6 +669,11 @@ class Meter:
         self._pending[rec.request_id] = rec
         self._enqueue(_line("usage", rec), None)
         self._wake.set()
+        if self._on_settled is not None:
+            try:
+                self._on_settled(rec)
+            except Exception:
+                log.exception("the usage observer failed on %s", rec.request_id)
 
     def _voided(self, key: str) -> None:
         intent = self._open.get(key)

@@ -75,13 +75,15 @@ class ServiceProcess:
 
 def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test's environment without Quorum or OpenTelemetry settings (hermetic), no span
-    export, unbuffered output; ``overrides`` on top."""
+    export, metrics scraped on free ports (never the defaults a mesh may hold), unbuffered
+    output; ``overrides`` on top."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("QUORUM_", "OTEL_")) and not k.endswith("_API_KEY")
     }
     env.update(OTEL_TRACES_EXPORTER="none", PYTHONUNBUFFERED="1")
+    env.update({f"QUORUM_{s}__METRICS_ADDRESS": "127.0.0.1:0" for s in ("ROUTER", "VOTER", "COST")})
     env.update(overrides or {})
     return env
 

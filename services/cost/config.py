@@ -11,6 +11,7 @@ from typing import Any
 
 from quorum import config
 from quorum.auth import AuthSettings
+from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError, Registry, load_registry
 from quorum.tls import TlsSettings
 from services.cost.groupcommit import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUED
@@ -37,6 +38,8 @@ class CostSettings:
     #: the most records waiting to be written; past it a record is answered UNAVAILABLE
     #: (LEDGER_BUSY) at once
     max_queued_records: int = DEFAULT_MAX_QUEUED
+    #: the Prometheus scrape endpoint (:mod:`quorum.metrics`)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def check_address(address: str, where: str) -> str:
@@ -85,6 +88,7 @@ def from_config(
         tls=TlsSettings.from_config(data, env),
         max_batch_records=config.get_int(table, "max_batch_records", where, minimum=1),
         max_queued_records=config.get_int(table, "max_queued_records", where, minimum=1),
+        metrics=MetricsSettings.from_config(data, SECTION),
     )
 
 

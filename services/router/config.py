@@ -12,6 +12,7 @@ from typing import Any
 from quorum import config, ids
 from quorum.auth import AuthSettings
 from quorum.errors import InvalidArgument
+from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
 from quorum.retry import RetryPolicy
 from quorum.tls import TlsSettings
@@ -55,6 +56,7 @@ class RouterSettings:
     step_down_task: str = "chat"
     budget_cache_s: float = 5.0
     tls: TlsSettings = field(default_factory=TlsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_config(
@@ -106,6 +108,7 @@ class RouterSettings:
             step_down_task=config.get_str(routing, "step_down_task", "routing"),
             budget_cache_s=config.get_float(routing, "budget_cache_s", "routing"),
             tls=TlsSettings.from_config(data, env),
+            metrics=MetricsSettings.from_config(data, "router"),
         )
 
 

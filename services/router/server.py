@@ -12,7 +12,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quorum import channels, tokens
+from quorum import channels, metrics, tokens
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.router.v1 import router_pb2, router_pb2_grpc
@@ -47,7 +47,9 @@ async def create(
         settings.journal_path,
         source="router",
         settings=settings.meter,
+        on_settled=metrics.UsageObserver(settings.registry),  # tokens and cost by model
     )
+    metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
     await asyncio.to_thread(tokens.warm)
     completer = Completer(

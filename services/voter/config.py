@@ -10,6 +10,7 @@ from typing import Any
 
 from quorum import config
 from quorum.auth import AuthSettings
+from quorum.metrics import MetricsSettings
 from quorum.registry import CATEGORIES, ConfigError, Registry, load_registry
 from quorum.tls import TlsSettings
 from quorum.usage import MeterSettings
@@ -32,6 +33,7 @@ class VoterSettings:
     registry: Registry
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
     def from_config(
@@ -57,6 +59,7 @@ class VoterSettings:
             registry=registry,
             auth=AuthSettings.from_config(data, env, calls_services=True),
             tls=TlsSettings.from_config(data, env),
+            metrics=MetricsSettings.from_config(data, "voter"),
         )
         if not settings.registry.judges():
             raise ConfigError(

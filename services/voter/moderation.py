@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
+from quorum import metrics
 from quorum.backends.types import TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import (
@@ -144,6 +145,7 @@ class Moderator:
         judges = self.validate(text, models)
         timeout = min(self._model_timeout, max(deadline.remaining() - _MARGIN_S, 0.01))
         ballots = await self._cascade(judges, _Asked(text, request_id, tenant, timeout))
+        metrics.votes_cast((b.vote.model, b.vote.status.value, b.vote.is_safe) for b in ballots)
         decision = combine([b.vote for b in ballots], self._policy)
         if not decision.quorum and self._policy.on_no_quorum == "error":
             voted = sum(b.vote.status is Status.OK for b in ballots)
@@ -165,6 +167,7 @@ class Moderator:
                 reason="NO_QUORUM",
                 metadata={"voted": str(voted), "needed": str(self._policy.min_votes)},
             )
+        metrics.verdict_given(is_safe=decision.is_safe, requires_review=decision.requires_review)
         span = trace.get_current_span()
         span.set_attribute("quorum.moderation.is_safe", decision.is_safe)
         span.set_attribute("quorum.moderation.requires_review", decision.requires_review)

@@ -11,7 +11,7 @@ import grpc
 import httpx
 from tritonclient.grpc import aio as triton_aio
 
-from quorum import channels, tokens
+from quorum import channels, metrics, tokens
 from quorum.backends.coalesce import CoalescingScorer
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
@@ -42,7 +42,9 @@ async def create(
         settings.journal_path,
         source="voter",
         settings=settings.meter,
+        on_settled=metrics.UsageObserver(settings.registry),  # tokens and cost by model
     )
+    metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
     chat = OpenAIChat(http, os.environ)
     scorer = CoalescingScorer(triton)  # concurrent texts to one model: one inference

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -463,6 +464,32 @@ def test_grpcurl_lists_and_describes_every_service(mesh, name, service):
         check=True,
     ).stdout
     assert "SERVING" in health
+
+
+def test_every_part_is_scraped_where_the_mesh_says(mesh, voter):
+    """Each service's Prometheus endpoint (on a free port, as every other port here) and
+    Triton's own: a Moderate is counted by the voter, and its local judges' inferences, with
+    their queue time, by Triton."""
+    assert set(mesh.metrics) == {"router", "voter", "cost", "triton"}
+    voter.Moderate(voter_pb2.ModerateRequest(text="have a nice day"), timeout=10)
+    for name in ("router", "voter", "cost"):
+        text = httpx.get(mesh.metrics[name], timeout=5).text
+        assert any(
+            line.startswith("target_info{") and f'service_name="quorum-{name}"' in line
+            for line in text.splitlines()
+        ), text
+    moderated = [
+        line
+        for line in httpx.get(mesh.metrics["voter"], timeout=5).text.splitlines()
+        if line.startswith("rpc_server_call_duration_seconds_count{")
+        and 'rpc_method="quorum.voter.v1.VoterService/Moderate"' in line
+        and 'rpc_response_status_code="OK"' in line
+    ]
+    assert len(moderated) == 1 and float(moderated[0].rsplit(" ", 1)[1]) >= 1
+    triton = httpx.get(mesh.metrics["triton"], timeout=5).text
+    assert re.search(
+        r'^nv_inference_queue_duration_us\{model="profanity_check".*\} \d', triton, re.M
+    )
 
 
 def test_output_moderation_withholds_an_unsafe_answer(router, sim):

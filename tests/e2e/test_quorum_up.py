@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from quorum.ids import free_ports
@@ -31,9 +32,10 @@ def start_up(
     tmp_path: Path, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], dict[str, str], list[int], list[str]]:
     """`quorum up` on free ports, read until it says it is up: (process, its environment,
-    ports router voter cost triton-http triton-grpc triton-metrics simulator, output)."""
-    ports = free_ports(7)
-    router, voter, cost, t_http, t_grpc, t_metrics, sim = ports
+    ports router voter cost triton-http triton-grpc triton-metrics simulator, then the
+    router's, voter's and cost service's metrics, output)."""
+    ports = free_ports(10)
+    router, voter, cost, t_http, t_grpc, t_metrics, sim, m_router, m_voter, m_cost = ports
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env |= {
         "QUORUM_DATA_DIR": str(tmp_path),
@@ -44,6 +46,9 @@ def start_up(
         "QUORUM_TRITON__GRPC_PORT": str(t_grpc),
         "QUORUM_TRITON__METRICS_PORT": str(t_metrics),
         "QUORUM_SIMULATOR__PORT": str(sim),
+        "QUORUM_ROUTER__METRICS_ADDRESS": f"127.0.0.1:{m_router}",
+        "QUORUM_VOTER__METRICS_ADDRESS": f"127.0.0.1:{m_voter}",
+        "QUORUM_COST__METRICS_ADDRESS": f"127.0.0.1:{m_cost}",
         **(extra_env or {}),
     }
     proc = subprocess.Popen(
@@ -66,12 +71,15 @@ def start_up(
 
 def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
     proc, env, ports, out = start_up(tmp_path)
-    router, voter, cost, t_http, t_grpc, t_metrics, sim = ports
+    router, voter, cost, t_http, t_grpc, t_metrics, sim, m_router, m_voter, m_cost = ports
     try:
         text = "".join(out)
         assert "Quorum is up" in text, text
         assert re.search(rf"router\s+127\.0\.0\.1:{router}", text)
         assert re.search(rf"triton\s+127\.0\.0\.1:{t_grpc}", text)
+        for name, port in (("router", m_router), ("voter", m_voter), ("cost", m_cost),
+                           ("triton", t_metrics)):  # fmt: skip
+            assert re.search(rf"{name}\s+\S+\s+metrics http://127\.0\.0\.1:{port}/metrics", text)
         assert "SIMULATOR" in text  # says that completions are simulated
         assert (tmp_path / "ledger.sqlite3").exists()  # the embedded SQLite ledger
 
@@ -98,6 +106,16 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
         )
         assert done.returncode == 0, done.stderr
         assert "SIMULATED" in done.stdout
+        scraped = httpx.get(f"http://127.0.0.1:{m_router}/metrics", timeout=5).text
+        complete = 'rpc_method="quorum.router.v1.RouterService/Complete"'
+        assert any(
+            line.startswith("rpc_server_call_duration_seconds_count{") and complete in line
+            and 'rpc_response_status_code="OK"' in line and line.endswith(" 1.0")
+            for line in scraped.splitlines()
+        ), scraped  # fmt: skip
+        # Triton's own metrics, on its metrics port: the queue time of each local judge
+        triton = httpx.get(f"http://127.0.0.1:{t_metrics}/metrics", timeout=5).text
+        assert 'nv_inference_queue_duration_us{model="profanity_check"' in triton
         moderated = subprocess.run(
             [str(BIN / "quorum"), "moderate", "hello there"],
             capture_output=True,

@@ -5,8 +5,9 @@ OpenTelemetry gRPC instrumentation at this version makes spans only, no metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -20,6 +21,26 @@ UNMEASURED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 def _code(context: grpc.aio.ServicerContext[Any, Any], default: grpc.StatusCode) -> str:
     code = context.code()  # set by abort, abort_with_status or set_code; None otherwise
     return str(code.name) if isinstance(code, grpc.StatusCode) else default.name
+
+
+@contextlib.contextmanager
+def _measured(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
+    """Time one call and count it under its status: the one the handler set, CANCELLED when
+    the client went away, UNKNOWN for an exception that set none."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.UNKNOWN.name
+    try:
+        yield
+    except (asyncio.CancelledError, GeneratorExit):
+        code = grpc.StatusCode.CANCELLED.name
+        raise
+    except BaseException:
+        code = _code(context, grpc.StatusCode.UNKNOWN)
+        raise
+    else:
+        code = _code(context, grpc.StatusCode.OK)
+    finally:
+        metrics.rpc_served(method, code, time.perf_counter() - start)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -41,21 +62,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                start = time.perf_counter()
-                code = grpc.StatusCode.UNKNOWN.name
-                try:
-                    response = await inner(request, context)
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED.name
-                    raise
-                except BaseException:
-                    code = _code(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                else:
-                    code = _code(context, grpc.StatusCode.OK)
-                    return response
-                finally:
-                    metrics.rpc_served(method, code, time.perf_counter() - start)
+                with _measured(method, context):
+                    return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -68,21 +76,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                start = time.perf_counter()
-                code = grpc.StatusCode.UNKNOWN.name
-                try:
+                with _measured(method, context):
                     async for item in inner_stream(request, context):
                         yield item
-                except (asyncio.CancelledError, GeneratorExit):
-                    code = grpc.StatusCode.CANCELLED.name  # the client went away
-                    raise
-                except BaseException:
-                    code = _code(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                else:
-                    code = _code(context, grpc.StatusCode.OK)
-                finally:
-                    metrics.rpc_served(method, code, time.perf_counter() - start)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

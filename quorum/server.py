@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from quorum import config
 from quorum.auth import AuthSettings
 from quorum.authgrpc import server_interceptors
 from quorum.metricsgrpc import MetricsInterceptor
@@ -21,8 +24,29 @@ from quorum.tls import TlsSettings
 
 log = logging.getLogger(__name__)
 
-#: max message size both ways; requests also have per-field limits
+#: max message size both ways by default; requests also have per-field limits
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """``[server]``: what one service process takes at most. A message over
+    ``max_message_bytes`` (either way) and a call beyond ``max_concurrent_calls`` in flight
+    are refused at once by gRPC with RESOURCE_EXHAUSTED, before any handler runs."""
+
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_concurrent_calls: int = 512
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> ServerLimits:
+        s = config.section(data, "server")
+        if not s:
+            return cls()
+        return cls(
+            max_message_bytes=config.get_int(s, "max_message_bytes", "server", minimum=1024),
+            max_concurrent_calls=config.get_int(s, "max_concurrent_calls", "server", minimum=1),
+        )
+
 
 Register = Callable[[grpc.aio.Server], None]
 Check = Callable[[], Awaitable[bool]]
@@ -35,6 +59,7 @@ def create_server(
     *,
     auth: AuthSettings | None = None,
     tls: TlsSettings | None = None,
+    limits: ServerLimits | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our services (added by ``register``), reflection and health, bound to
     ``address`` ("127.0.0.1:0" picks a free port), with TLS when ``tls`` is enabled
@@ -44,16 +69,17 @@ def create_server(
     :meth:`HealthMonitor.update` before starting the server, so health is never SERVING before
     the dependencies have been checked."""
     auth = auth or AuthSettings()
+    limits = limits or ServerLimits()
     auth.check_bind(address, "the listening address")
     server = grpc.aio.server(
         # metrics first: a call the edge refuses is measured too
         interceptors=[MetricsInterceptor(), *server_interceptors(auth)],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", limits.max_message_bytes),
+            ("grpc.max_send_message_length", limits.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=512,
+        maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
     register(server)
     health_servicer = health.aio.HealthServicer()

@@ -13,6 +13,7 @@ from quorum import config
 from quorum.auth import AuthSettings
 from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError, Registry, load_registry
+from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
 from services.cost.groupcommit import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUED
 from services.cost.pgledger import PostgresUrl, is_postgres_url
@@ -33,6 +34,7 @@ class CostSettings:
     #: who may call (the cost service calls no other service: it needs no key of its own)
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
     #: the most usage records the ledger writes in one transaction (group commit)
     max_batch_records: int = DEFAULT_MAX_BATCH
     #: the most records waiting to be written; past it a record is answered UNAVAILABLE
@@ -86,6 +88,7 @@ def from_config(
         registry=registry,
         auth=AuthSettings.from_config(data, env),
         tls=TlsSettings.from_config(data, env),
+        limits=ServerLimits.from_config(data),
         max_batch_records=config.get_int(table, "max_batch_records", where, minimum=1),
         max_queued_records=config.get_int(table, "max_queued_records", where, minimum=1),
         metrics=MetricsSettings.from_config(data, SECTION),

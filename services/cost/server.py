@@ -59,7 +59,12 @@ async def create(
 
     try:
         server, port, health = create_server(
-            settings.address, register, [SERVICE_NAME], auth=settings.auth, tls=settings.tls
+            settings.address,
+            register,
+            [SERVICE_NAME],
+            auth=settings.auth,
+            tls=settings.tls,
+            limits=settings.limits,
         )
     except BaseException:
         await ledger.close()

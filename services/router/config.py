@@ -15,6 +15,7 @@ from quorum.errors import InvalidArgument
 from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
 from quorum.retry import RetryPolicy
+from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
 from quorum.usage import MeterSettings
 from services.router.completion import Moderation, ModerationPolicy
@@ -56,6 +57,7 @@ class RouterSettings:
     step_down_task: str = "chat"
     budget_cache_s: float = 5.0
     tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
@@ -108,6 +110,7 @@ class RouterSettings:
             step_down_task=config.get_str(routing, "step_down_task", "routing"),
             budget_cache_s=config.get_float(routing, "budget_cache_s", "routing"),
             tls=TlsSettings.from_config(data, env),
+            limits=ServerLimits.from_config(data),
             metrics=MetricsSettings.from_config(data, "router"),
         )
 

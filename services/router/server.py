@@ -95,6 +95,7 @@ async def create(
         [SERVICE_NAME],
         auth=settings.auth,
         tls=settings.tls,
+        limits=settings.limits,
     )
     voter_health = health_pb2_grpc.HealthStub(voter_channel)
 

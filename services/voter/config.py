@@ -12,6 +12,7 @@ from quorum import config
 from quorum.auth import AuthSettings
 from quorum.metrics import MetricsSettings
 from quorum.registry import CATEGORIES, ConfigError, Registry, load_registry
+from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
 from quorum.usage import MeterSettings
 from services.voter.voting import NO_QUORUM_ACTIONS, Policy
@@ -33,6 +34,7 @@ class VoterSettings:
     registry: Registry
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
+    limits: ServerLimits = field(default_factory=ServerLimits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     @classmethod
@@ -59,6 +61,7 @@ class VoterSettings:
             registry=registry,
             auth=AuthSettings.from_config(data, env, calls_services=True),
             tls=TlsSettings.from_config(data, env),
+            limits=ServerLimits.from_config(data),
             metrics=MetricsSettings.from_config(data, "voter"),
         )
         if not settings.registry.judges():

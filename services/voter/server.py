@@ -73,6 +73,7 @@ async def create(
         [SERVICE_NAME],
         auth=settings.auth,
         tls=settings.tls,
+        limits=settings.limits,
     )
 
     async def ready() -> bool:

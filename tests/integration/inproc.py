@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 from google.rpc import error_details_pb2
@@ -19,10 +20,14 @@ from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2_grpc
 
 __all__ = [
+    "Stubs",
+    "cost_and_router",
     "error_info",
     "free_port",
     "mesh_config",
     "reason",
+    "router_and_cost",
+    "router_for",
     "start",
     "stop",
     "wait_for_recorded",
@@ -111,6 +116,29 @@ async def router_for(data: dict, env: dict) -> AsyncIterator[router_pb2_grpc.Rou
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}")
         await stack.enter_async_context(channel)
         yield router_pb2_grpc.RouterServiceStub(channel)
+
+
+@dataclass(frozen=True)
+class Stubs:
+    """Stubs on channels to a router and a cost service (and the channels, for raw calls)."""
+
+    router: router_pb2_grpc.RouterServiceStub
+    cost: cost_pb2_grpc.CostServiceStub
+    router_channel: grpc.aio.Channel
+    cost_channel: grpc.aio.Channel
+
+
+@asynccontextmanager
+async def router_and_cost(data: dict, env: dict) -> AsyncIterator[Stubs]:
+    """:func:`cost_and_router`, with a channel and a stub to each; all closed on exit."""
+    async with (
+        cost_and_router(data, env) as (cost, router),
+        grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}") as rch,
+        grpc.aio.insecure_channel(f"127.0.0.1:{cost[1]}") as cch,
+    ):
+        yield Stubs(
+            router_pb2_grpc.RouterServiceStub(rch), cost_pb2_grpc.CostServiceStub(cch), rch, cch
+        )
 
 
 @asynccontextmanager

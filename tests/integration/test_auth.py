@@ -13,14 +13,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import auth
 from quorum.auth import KeyStore, Role
 from quorum.common.v1 import common_pb2
-from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.cost.v1 import cost_pb2
 from quorum.registry import ConfigError
-from quorum.router.v1 import router_pb2, router_pb2_grpc
+from quorum.router.v1 import router_pb2
 from services.cost import server as cost_server
 from services.cost.config import from_config as cost_settings
 from services.router import server as router_server
 from services.router.config import RouterSettings
-from tests.integration.inproc import free_port, mesh_config, reason, start, stop
+from tests.integration.inproc import free_port, mesh_config, reason, router_and_cost
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -41,26 +41,10 @@ async def secured(sim, tmp_path):
         )
     }
     env = {"QUORUM_DATA_DIR": str(tmp_path), "QUORUM_SERVICE_KEY": tokens["service"]}
-    cost_port = free_port()
-    data = mesh_config(sim.url, cost_port=cost_port, voter_port=free_port(), moderation="none")
+    data = mesh_config(sim.url, cost_port=free_port(), voter_port=free_port(), moderation="none")
     data["auth"] |= {"enabled": True}
-    cost = await start(cost_server.create, cost_settings(data, env))
-    router = await start(router_server.create, RouterSettings.from_config(data, env))
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}") as rch,
-            grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as cch,
-        ):
-            yield (
-                router_pb2_grpc.RouterServiceStub(rch),
-                cost_pb2_grpc.CostServiceStub(cch),
-                tokens,
-                store,
-                (rch, cch),
-            )
-    finally:
-        await stop(router)
-        await stop(cost)
+    async with router_and_cost(data, env) as s:
+        yield s.router, s.cost, tokens, store, (s.router_channel, s.cost_channel)
 
 
 async def fails(call) -> grpc.aio.AioRpcError:

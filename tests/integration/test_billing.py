@@ -18,7 +18,7 @@ from services.cost import server as cost_server
 from services.cost.config import from_config as cost_settings
 from services.router import server as router_server
 from services.router.config import RouterSettings
-from tests.integration.inproc import free_port, mesh_config, reason, start, stop
+from tests.integration.inproc import free_port, mesh_config, reason, router_and_cost, start, stop
 
 
 @pytest.fixture
@@ -195,27 +195,16 @@ async def test_a_stream_that_breaks_after_its_first_delta_is_billed(mesh, sim):
 
 async def test_output_moderation_failing_after_the_call_still_bills_it_once(sim, tmp_path):
     env = {"QUORUM_DATA_DIR": str(tmp_path)}
-    cost_port = free_port()
     # output moderation on, and no voter anywhere: the check after the call fails
-    data = mesh_config(sim.url, cost_port=cost_port, voter_port=free_port(), moderation="output")
-    cost = await start(cost_server.create, cost_settings(data, env))
-    router = await start(router_server.create, RouterSettings.from_config(data, env))
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}") as rch,
-            grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as cch,
-        ):
-            stub = router_pb2_grpc.RouterServiceStub(rch)
-            for _ in range(2):  # the retry re-checks the output; it does not call again
-                with pytest.raises(grpc.aio.AioRpcError) as e:
-                    await stub.Complete(complete("hello", "rid-5"), timeout=10)
-                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-            summary = await ledger_rows(cost_pb2_grpc.CostServiceStub(cch), 1)
-            assert sim.stats["completions"] == 1
-            assert summary.requests == 1
-    finally:
-        await stop(router)
-        await stop(cost)
+    data = mesh_config(sim.url, cost_port=free_port(), voter_port=free_port(), moderation="output")
+    async with router_and_cost(data, env) as s:
+        for _ in range(2):  # the retry re-checks the output; it does not call again
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await s.router.Complete(complete("hello", "rid-5"), timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        summary = await ledger_rows(s.cost, 1)
+        assert sim.stats["completions"] == 1
+        assert summary.requests == 1
 
 
 async def test_a_full_backlog_refuses_paid_calls_before_calling(sim, tmp_path):

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,11 +23,7 @@ from quorum.errors import Unavailable
 from quorum.registry import OpenAIBackend, Provider
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator, count_tokens
-from services.cost import server as cost_server
-from services.cost.config import from_config as cost_settings
-from services.router import server as router_server
-from services.router.config import RouterSettings
-from tests.integration.inproc import free_port, mesh_config, start, stop
+from tests.integration.inproc import free_port, mesh_config, router_and_cost
 
 SYSTEM = "You answer questions about gardening, briefly and kindly. " * 80  # 1,160 tokens
 
@@ -150,20 +145,10 @@ async def mesh(
     sim: ProviderSimulator, tmp_path: Any
 ) -> AsyncIterator[tuple[router_pb2_grpc.RouterServiceStub, cost_pb2_grpc.CostServiceStub]]:
     env = {"QUORUM_DATA_DIR": str(tmp_path)}
-    cost_port = free_port()
-    data = mesh_config(sim.url, cost_port=cost_port, voter_port=free_port(), moderation="none")
+    data = mesh_config(sim.url, cost_port=free_port(), voter_port=free_port(), moderation="none")
     data["models"]["sim-chat"]["cached_input_per_mtok"] = "0.10"  # input 1.00, output 2.00
-    cost = await start(cost_server.create, cost_settings(data, env))
-    router = await start(router_server.create, RouterSettings.from_config(data, env))
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}") as rch,
-            grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as cch,
-        ):
-            yield router_pb2_grpc.RouterServiceStub(rch), cost_pb2_grpc.CostServiceStub(cch)
-    finally:
-        await stop(router)
-        await stop(cost)
+    async with router_and_cost(data, env) as s:
+        yield s.router, s.cost
 
 
 async def test_cache_hits_are_billed_at_the_cached_price(

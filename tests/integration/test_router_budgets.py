@@ -16,11 +16,7 @@ from grpc_status import rpc_status
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2
 from quorum.simulator import Fault
-from services.cost import server as cost_server
-from services.cost.config import from_config as cost_settings
-from services.router import server as router_server
-from services.router.config import RouterSettings
-from tests.integration.inproc import free_port, mesh_config, reason, start, stop
+from tests.integration.inproc import free_port, mesh_config, reason, router_and_cost
 from tests.integration.test_billing import complete, ledger_rows, mesh
 
 __all__ = ["mesh"]  # the fixture
@@ -153,43 +149,30 @@ async def test_a_new_budget_takes_hold_within_the_unbudgeted_cache_time(mesh, si
 
 async def test_near_its_budget_a_tenant_steps_down_to_a_cheaper_model(sim, tmp_path):
     env = {"QUORUM_DATA_DIR": str(tmp_path)}
-    cost_port = free_port()
-    data = mesh_config(sim.url, cost_port=cost_port, voter_port=free_port(), moderation="none")
+    data = mesh_config(sim.url, cost_port=free_port(), voter_port=free_port(), moderation="none")
     data["models"]["sim-chat"]["tasks"] = ["chat"]
     data["routing"]["budget_cache_s"] = 0.5
     data["models"]["sim-cheap"] = {
         "provider": "sim", "input_per_mtok": "0.10", "output_per_mtok": "0.20", "tasks": ["chat"],
     }  # fmt: skip
-    cost = await start(cost_server.create, cost_settings(data, env))
-    router = await start(router_server.create, RouterSettings.from_config(data, env))
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{router[1]}") as rch,
-            grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as cch,
-        ):
-            r = __import__("quorum.router.v1.router_pb2_grpc", fromlist=["x"]).RouterServiceStub(
-                rch
-            )
-            c = __import__("quorum.cost.v1.cost_pb2_grpc", fromlist=["x"]).CostServiceStub(cch)
-            await c.SetBudget(budget(10_000), timeout=5)
-            ask = complete("hello", max_tokens=100)
-            before = await r.Complete(ask, metadata=ACME, timeout=10)
-            assert before.model == "sim-chat"  # the default model, 1.00/2.00
-            spent = cost_pb2.RecordUsageRequest(
-                request_id="earlier", model="sim-chat", tenant="acme",
-                usage=common_pb2.Usage(input_tokens=2500, output_tokens=3000),
-            )  # fmt: skip
-            await c.RecordUsage(spent, timeout=5)  # 8,500 more micro-USD: past 80%
-            await asyncio.sleep(0.6)  # the router's view of the budget is at most 0.5 s old
-            after = await r.Complete(ask, metadata=ACME, timeout=10)
-            assert after.model == "sim-cheap"
-            assert "stepped down" in after.route_reason and "8" in after.route_reason
-            named = await r.Complete(
-                complete("hello", model="sim-chat", max_tokens=100), metadata=ACME, timeout=10
-            )
-            assert named.model == "sim-chat"  # a named model is kept
-            other = await r.Complete(ask, timeout=10)
-            assert other.model == "sim-chat"  # the default tenant has no budget
-    finally:
-        await stop(router)
-        await stop(cost)
+    async with router_and_cost(data, env) as s:
+        r, c = s.router, s.cost
+        await c.SetBudget(budget(10_000), timeout=5)
+        ask = complete("hello", max_tokens=100)
+        before = await r.Complete(ask, metadata=ACME, timeout=10)
+        assert before.model == "sim-chat"  # the default model, 1.00/2.00
+        spent = cost_pb2.RecordUsageRequest(
+            request_id="earlier", model="sim-chat", tenant="acme",
+            usage=common_pb2.Usage(input_tokens=2500, output_tokens=3000),
+        )  # fmt: skip
+        await c.RecordUsage(spent, timeout=5)  # 8,500 more micro-USD: past 80%
+        await asyncio.sleep(0.6)  # the router's view of the budget is at most 0.5 s old
+        after = await r.Complete(ask, metadata=ACME, timeout=10)
+        assert after.model == "sim-cheap"
+        assert "stepped down" in after.route_reason and "8" in after.route_reason
+        named = await r.Complete(
+            complete("hello", model="sim-chat", max_tokens=100), metadata=ACME, timeout=10
+        )
+        assert named.model == "sim-chat"  # a named model is kept
+        other = await r.Complete(ask, timeout=10)
+        assert other.model == "sim-chat"  # the default tenant has no budget

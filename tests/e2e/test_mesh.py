@@ -232,7 +232,10 @@ def test_one_trace_across_router_voter_triton_http_and_cost(router, rx):
         mine = [s for s in spans if s["trace_id"] == trace_id]
         services = {s["service_name"] for s in mine}
         http = [s for s in mine if s["name"].startswith("chat ")]
-        return want <= services and len(http) >= 2  # judge call (voter) + completion (router)
+        # each process exports in batches of its own: wait until every parent has arrived
+        known = {parent} | {s["span_id"] for s in mine}
+        whole = all(s["parent_span_id"] in known for s in mine)
+        return want <= services and len(http) >= 2 and whole  # judge call + completion
 
     spans = [s for s in rx.wait_for_spans(complete, timeout_s=30) if s["trace_id"] == trace_id]
     ids = {s["span_id"]: s for s in spans}

@@ -17,6 +17,7 @@ from quorum import auth, ids
 from quorum.auth import Identity, KeyStore, Role
 from quorum.errors import InvalidArgument, QuorumError, Unauthenticated
 from quorum.grpcerrors import abort
+from quorum.handlers import HandlerCache
 
 #: methods anyone may call: health checks (load balancers, `quorum up`) and reflection
 #: (grpcurl's `list` and `describe`; it serves the API's shape, no data)
@@ -68,10 +69,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """For every unary and server-streaming call: a request that does not decode ends
     INVALID_ARGUMENT (MALFORMED_REQUEST); then, but for health and reflection, the caller is
     identified before the handler runs, its identity made :func:`quorum.auth.current` for
-    the handler, and a call without a valid key ends UNAUTHENTICATED."""
+    the handler, and a call without a valid key ends UNAUTHENTICATED. Each method's guarded
+    handler is made once, on its first call."""
 
     def __init__(self, store: KeyStore | None) -> None:
         self._store = store
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -79,9 +82,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or (handler.unary_unary is None and handler.unary_stream is None):
-            return handler  # unknown methods, and reflection's bidirectional stream
-        method = handler_call_details.method or ""
+        return self._handlers.get(handler_call_details.method or "", handler, self._guard)
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None and handler.unary_stream is None:
+            return handler  # reflection's bidirectional stream
         store, open_ = self._store, method.startswith(OPEN_PREFIXES)
         decode = handler.request_deserializer
 

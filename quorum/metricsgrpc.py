@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from quorum import metrics
+from quorum.handlers import HandlerCache
 
 #: not measured: health checks (load balancers poll them) and reflection, as in the traces
 UNMEASURED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -46,7 +47,10 @@ def _measured(method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Itera
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Put first in a server's interceptors, so a call the others refuse (no key, a request
     that does not decode) is measured too. Unknown methods (no handler) are not: their name
-    is the caller's string."""
+    is the caller's string. Each method's measured handler is made once, on its first call."""
+
+    def __init__(self) -> None:
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -54,35 +58,38 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        path = handler_call_details.method or ""
-        if handler is None or path.startswith(UNMEASURED_PREFIXES):
-            return handler
-        method = path.lstrip("/")
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        return self._handlers.get(handler_call_details.method or "", handler, _measure)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                with _measured(method, context):
-                    return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
+def _measure(path: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    if path.startswith(UNMEASURED_PREFIXES):
+        return handler
+    method = path.lstrip("/")
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
 
-            async def stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                with _measured(method, context):
-                    async for item in inner_stream(request, context):
-                        yield item
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with _measured(method, context):
+                return await inner(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client- and bidirectional streams: none of ours
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            with _measured(method, context):
+                async for item in inner_stream(request, context):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # client- and bidirectional streams: none of ours

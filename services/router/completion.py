@@ -25,8 +25,7 @@ from typing import Protocol
 from opentelemetry import trace
 
 from quorum import ids, tokens
-from quorum.backends.openai import OpenAIChat
-from quorum.backends.types import ChatMessage, ChatRequest, ChatResult, TokenUsage
+from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import (
     ContentBlocked,
@@ -104,6 +103,20 @@ class ModerationPolicy:
 
     def effective(self, asked: Moderation | None, tenant: str) -> Moderation:
         return (asked or self.default).union(self.tenant_floors.get(tenant, self.floor))
+
+
+class ChatClient(Protocol):
+    """What the router needs of a chat model client (:class:`quorum.backends.openai.OpenAIChat`
+    is the one it is given): a unary call and a stream, each bounded by ``timeout_s`` overall
+    and failing with :mod:`quorum.errors` only."""
+
+    async def complete(
+        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+    ) -> ChatResult: ...
+
+    def stream(
+        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+    ) -> AsyncGenerator[ChatChunk, None]: ...
 
 
 class Moderator(Protocol):
@@ -257,7 +270,7 @@ class Completer:
     def __init__(
         self,
         registry: Registry,
-        chat: OpenAIChat,
+        chat: ChatClient,
         moderator: Moderator | None,
         meter: Meter,
         *,

@@ -365,9 +365,14 @@ class Completer:
             try:
                 route, done = await self._prepare(prompt, deadline)
                 parts: list[str] = []
-                async for delta in self._streamed(route, prompt, deadline, done):
-                    parts.append(delta)
-                    yield delta
+                # closed here, not left to the garbage collector, when the client goes away:
+                # the call is settled (billed) at once
+                async with contextlib.aclosing(
+                    self._streamed(route, prompt, deadline, done)
+                ) as deltas:
+                    async for delta in deltas:
+                        parts.append(delta)
+                        yield delta
                 done.text = "".join(parts)
             except BaseException:
                 got.drop()

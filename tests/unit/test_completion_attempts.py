@@ -400,3 +400,14 @@ async def test_a_stream_the_client_cancels_is_billed_for_what_was_generated(usag
     _, pending = replay(tmp_path / "router.journal")
     (rec,) = pending.values()
     assert (rec.model, rec.input_tokens, rec.output_tokens, rec.estimated) == expected
+
+
+async def test_a_stream_closed_by_its_reader_is_billed_at_once(usage):
+    """What the servicer does when the client goes away: close the stream of events."""
+    chat = ScriptedChat(a=[Answer("one two three four")])
+    events = completer(chat, usage).stream(prompt(), Deadline.after(5))
+    assert await anext(events) == "one"
+    assert await anext(events) == " two"
+    await events.aclose()
+    a_input = tokens.count_messages(prompt().messages)
+    assert billed(usage) == [("a", a_input, tokens.count("one two"), True)]

@@ -199,24 +199,20 @@ def completer(
     )
 
 
-def prompt(model: str = "", text: str = "hello") -> Prompt:
+def prompt(model: str = "") -> Prompt:
     """A request for task "chat" (route a, b, c), or for ``model`` alone."""
-    return Prompt("r1", (ChatMessage("user", text),), model=model, task="" if model else "chat")
+    return Prompt("r1", (ChatMessage("user", "hello"),), model=model, task="" if model else "chat")
 
 
 async def answer(c: Completer, p: Prompt, deadline: Deadline, streaming: bool) -> Completion:
     """The Completion of a unary call, or of a stream with its deltas joined as its text."""
     if not streaming:
         return await c.complete(p, deadline)
-    deltas: list[str] = []
-    async for event in c.stream(p, deadline):
-        if isinstance(event, str):
-            deltas.append(event)
-        else:
-            assert not event.text
-            event.text = "".join(deltas)
-            return event
-    raise AssertionError("the stream ended without its Completion")
+    *deltas, done = [event async for event in c.stream(p, deadline)]
+    assert isinstance(done, Completion) and not done.text
+    assert all(isinstance(d, str) for d in deltas)
+    done.text = "".join(str(d) for d in deltas)
+    return done
 
 
 def billed(usage: Usage) -> list[tuple[str, int, int, bool]]:

@@ -17,16 +17,15 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from opentelemetry import trace
 
 from quorum import ids, tokens
-from quorum.backends.openai import OpenAIChat
-from quorum.backends.types import ChatMessage, ChatRequest, ChatResult, TokenUsage
+from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import (
     ContentBlocked,
@@ -104,6 +103,23 @@ class ModerationPolicy:
 
     def effective(self, asked: Moderation | None, tenant: str) -> Moderation:
         return (asked or self.default).union(self.tenant_floors.get(tenant, self.floor))
+
+
+T = TypeVar("T")
+
+
+class ChatClient(Protocol):
+    """What the router needs of a chat model client (:class:`quorum.backends.openai.OpenAIChat`
+    is the one it is given): a unary call and a stream, each bounded by ``timeout_s`` overall
+    and failing with :mod:`quorum.errors` only."""
+
+    async def complete(
+        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+    ) -> ChatResult: ...
+
+    def stream(
+        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+    ) -> AsyncGenerator[ChatChunk, None]: ...
 
 
 class Moderator(Protocol):
@@ -253,11 +269,34 @@ def validate(
     return rid, msgs
 
 
+@dataclass
+class _Stream:
+    """A provider's stream as it goes: what it has sent so far, and the rest of it."""
+
+    chunks: AsyncGenerator[ChatChunk, None]
+    parts: list[str] = field(default_factory=list)
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    reported: bool = False
+    finish: str = ""
+
+    def take(self, chunk: ChatChunk) -> None:
+        if chunk.delta:
+            self.parts.append(chunk.delta)
+        if chunk.usage is not None:
+            self.usage, self.reported = chunk.usage, chunk.usage_reported
+        if chunk.finish_reason:
+            self.finish = chunk.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
 class Completer:
     def __init__(
         self,
         registry: Registry,
-        chat: OpenAIChat,
+        chat: ChatClient,
         moderator: Moderator | None,
         meter: Meter,
         *,
@@ -326,9 +365,14 @@ class Completer:
             try:
                 route, done = await self._prepare(prompt, deadline)
                 parts: list[str] = []
-                async for delta in self._stream_with_fallbacks(route, prompt, deadline, done):
-                    parts.append(delta)
-                    yield delta
+                # closed here, not left to the garbage collector, when the client goes away:
+                # the call is settled (billed) at once
+                async with contextlib.aclosing(
+                    self._streamed(route, prompt, deadline, done)
+                ) as deltas:
+                    async for delta in deltas:
+                        parts.append(delta)
+                        yield delta
                 done.text = "".join(parts)
             except BaseException:
                 got.drop()
@@ -357,7 +401,9 @@ class Completer:
 
     async def _generate(self, prompt: Prompt, deadline: Deadline) -> Completion:
         route, done = await self._prepare(prompt, deadline)
-        result, spec, charge = await self._call_with_fallbacks(route, prompt, deadline)
+        result, spec, charge = await self._attempts(route, prompt, deadline, self._call)
+        self._breakers.succeeded(spec.provider_name)
+        charge.answered(result.usage, reported=result.usage_reported, text=result.text)
         done.spec, done.charge = spec, charge
         done.text, done.finish_reason = result.text, result.finish_reason
         self._priced(done)
@@ -473,9 +519,27 @@ class Completer:
             ),
         )
 
-    async def _call_with_fallbacks(
-        self, route: Route, prompt: Prompt, deadline: Deadline
-    ) -> tuple[ChatResult, ModelSpec, Charge]:
+    async def _attempts(
+        self,
+        route: Route,
+        prompt: Prompt,
+        deadline: Deadline,
+        attempt: Callable[[ModelSpec, ChatRequest, float], Awaitable[T]],
+    ) -> tuple[T, ModelSpec, Charge]:
+        """The one attempt loop, for unary calls and streams alike: the first model of
+        ``route``, in order, that ``attempt`` (one call of it, given the seconds it may take)
+        succeeds with. Returns what the attempt gave, the model and the call's charge, still
+        open: the caller settles it and tells the breaker once the call is over (a unary call
+        at once, a stream at its end).
+
+        Each attempt is noted in the usage journal before it is made; one that fails is
+        settled here (:meth:`Charge.failed`) and counts towards its provider's breaker when
+        the provider is at fault. A transient failure (429, 5xx, a connection) is tried again
+        on the same model after the provider's ``Retry-After`` or a jittered exponential
+        backoff, up to ``max_attempts`` and never past the deadline, then the next model is
+        tried; a model whose breaker is open is skipped at once. Any other failure ends the
+        route. The error of a route that ends without an answer is the last model's, with
+        each model's failure in order (:func:`with_failures`)."""
         last_err: QuorumError | None = None
         failures: list[tuple[str, str]] = []
         for spec in route.candidates:
@@ -483,27 +547,23 @@ class Completer:
                 last_err = self._breakers.refusal(spec.provider_name, spec.name)
                 failures.append((spec.name, last_err.reason))
                 continue
-            attempt = 0
+            tries = 0
             while True:
-                attempt += 1
+                tries += 1
                 request = self._request(spec, prompt)
                 charge = await self._begin(prompt, spec, request, deadline)
                 try:
-                    result = await self._chat.complete(
-                        self._backend(spec), request, timeout_s=deadline.timeout()
-                    )
+                    got = await attempt(spec, request, deadline.timeout())
                 except BaseException as err:
                     charge.failed(err)
                     if not isinstance(err, QuorumError):
                         raise
                     self._note_failure(spec, err)
                     last_err = err
-                    if not await self._should_retry(err, attempt, deadline, spec):
+                    if not await self._should_retry(err, tries, deadline, spec):
                         break
                     continue
-                self._breakers.succeeded(spec.provider_name)
-                charge.answered(result.usage, reported=result.usage_reported, text=result.text)
-                return result, spec, charge
+                return got, spec, charge
             assert last_err is not None
             failures.append((spec.name, last_err.reason))
             if not retryable(last_err):
@@ -513,66 +573,56 @@ class Completer:
         assert last_err is not None
         raise with_failures(last_err, failures)
 
-    async def _stream_with_fallbacks(
+    async def _call(self, spec: ModelSpec, request: ChatRequest, timeout_s: float) -> ChatResult:
+        """One unary attempt."""
+        return await self._chat.complete(self._backend(spec), request, timeout_s=timeout_s)
+
+    async def _open(self, spec: ModelSpec, request: ChatRequest, timeout_s: float) -> _Stream:
+        """One streaming attempt, over once the stream has sent its first delta (or ended
+        without any): a failure before it is the attempt's, and the route may go on."""
+        stream = _Stream(self._chat.stream(self._backend(spec), request, timeout_s=timeout_s))
+        try:
+            async for chunk in stream.chunks:
+                stream.take(chunk)
+                if stream.parts:
+                    break
+        except BaseException:
+            await stream.chunks.aclose()
+            raise
+        return stream
+
+    async def _streamed(
         self, route: Route, prompt: Prompt, deadline: Deadline, done: Completion
     ) -> AsyncGenerator[str, None]:
-        """Yields the deltas of the first model that answers; fills in ``done``. Each
-        attempt is settled in a ``finally``: a stream cut short (the client went away, the
-        provider broke off) is billed for what was generated, estimated."""
-        last_err: QuorumError | None = None
-        failures: list[tuple[str, str]] = []
-        for spec in route.candidates:
-            if not self._breakers.allow(spec.provider_name):
-                last_err = self._breakers.refusal(spec.provider_name, spec.name)
-                failures.append((spec.name, last_err.reason))
-                continue
-            attempt = 0
-            while True:
-                attempt += 1
-                request = self._request(spec, prompt)
-                charge = await self._begin(prompt, spec, request, deadline)
-                parts: list[str] = []
-                err: BaseException | None = None
-                try:
-                    usage, reported, finish = TokenUsage(), False, ""
-                    chunks = self._chat.stream(
-                        self._backend(spec), request, timeout_s=deadline.timeout()
-                    )
-                    async with contextlib.aclosing(chunks):
-                        async for chunk in chunks:
-                            if chunk.delta:
-                                parts.append(chunk.delta)
-                                yield chunk.delta
-                            if chunk.usage is not None:
-                                usage, reported = chunk.usage, chunk.usage_reported
-                            if chunk.finish_reason:
-                                finish = chunk.finish_reason
-                    self._breakers.succeeded(spec.provider_name)
-                    charge.answered(usage, reported=reported, text="".join(parts))
-                    done.spec, done.charge, done.finish_reason = spec, charge, finish
-                    self._priced(done)
-                    return
-                except QuorumError as e:
-                    err = e
-                    self._note_failure(spec, e)
-                    if parts:
-                        raise
-                    last_err = e
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    if not charge.done:
-                        charge.failed(err, partial_text="".join(parts))
-                assert last_err is not None
-                if not await self._should_retry(last_err, attempt, deadline, spec):
-                    break
-            if last_err is not None:
-                failures.append((spec.name, last_err.reason))
-                if not retryable(last_err):
-                    raise with_failures(last_err, failures)
-        assert last_err is not None
-        raise with_failures(last_err, failures)
+        """Yields the deltas of the first model whose stream starts; fills in ``done``. Once
+        a delta is sent the stream is the answer: a failure after it is raised, never retried
+        on another model. The call is settled in a ``finally``: a stream cut short (the
+        client went away, the provider broke off) is billed for what was generated,
+        estimated."""
+        stream, spec, charge = await self._attempts(route, prompt, deadline, self._open)
+        err: BaseException | None = None
+        try:
+            async with contextlib.aclosing(stream.chunks):
+                if stream.parts:
+                    yield stream.parts[0]
+                async for chunk in stream.chunks:
+                    stream.take(chunk)
+                    if chunk.delta:
+                        yield chunk.delta
+            self._breakers.succeeded(spec.provider_name)
+            charge.answered(stream.usage, reported=stream.reported, text=stream.text)
+            done.spec, done.charge, done.finish_reason = spec, charge, stream.finish
+            self._priced(done)
+        except QuorumError as e:
+            err = e
+            self._note_failure(spec, e)
+            raise
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            if not charge.done:
+                charge.failed(err, partial_text=stream.text)
 
     def _note_failure(self, spec: ModelSpec, err: QuorumError) -> None:
         """A provider that is down, slow or overloaded counts towards opening its breaker;

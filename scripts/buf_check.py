@@ -16,12 +16,10 @@ before the API was a buf module: there is nothing to hold it to, and the check s
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -84,8 +82,7 @@ def extract(rev: str, dest: Path) -> bool:
         capture_output=True,
         check=True,
     )
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(dest, filter="data")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     copy_googleapis(dest / ".tools" / "googleapis")
     return True
 

@@ -19,7 +19,8 @@ command -v protoc-gen-go-grpc >/dev/null 2>&1 || missing+=("protoc-gen-go-grpc (
 [[ -x $BUF ]] || missing+=("buf ($BUF: make setup installs it with npm)")
 [[ -f $ROOT/.tools/googleapis/google/rpc/status.proto ]] || missing+=("google/rpc protos for buf (make setup copies them)")
 if ((${#missing[@]})); then
-    printf 'Go example not built; missing: %s\n' "$(IFS=';'; echo "${missing[*]}")"
+    echo "Go example not built; missing:"
+    printf '  %s\n' "${missing[@]}"
     exit 0
 fi
 

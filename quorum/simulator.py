@@ -997,7 +997,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @dataclass(frozen=True)
-class BadRequest:
+class _BadRequest:
     """What is wrong with a request: the 400's message, ``param`` (the field, in OpenAI's
     ``messages.[0].role`` notation) and ``code``."""
 
@@ -1010,31 +1010,31 @@ class BadRequest:
 _SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _validate_chat(body: object) -> BadRequest | None:
+def _validate_chat(body: object) -> _BadRequest | None:
     """What is wrong with a chat-completions request body, or None."""
     if not isinstance(body, dict):
-        return BadRequest("the request body must be a JSON object")
+        return _BadRequest("the request body must be a JSON object")
     model = body.get("model")
     if model is None:
-        return BadRequest(
+        return _BadRequest(
             "Missing required parameter: 'model'.", "model", "missing_required_parameter"
         )
     if not isinstance(model, str) or not model:
-        return BadRequest("'model' must be a non-empty string", "model", "invalid_type")
+        return _BadRequest("'model' must be a non-empty string", "model", "invalid_type")
     messages = body.get("messages")
     if messages is None:
-        return BadRequest(
+        return _BadRequest(
             "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
         )
     if not isinstance(messages, list) or not messages:
-        return BadRequest("'messages' must be a non-empty array", "messages", "invalid_type")
+        return _BadRequest("'messages' must be a non-empty array", "messages", "invalid_type")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            return BadRequest(
+            return _BadRequest(
                 "every message needs a 'role'", f"messages.[{i}].role", "missing_required_parameter"
             )
         if not isinstance(m.get("content"), str | list | None):
-            return BadRequest(
+            return _BadRequest(
                 "message 'content' must be a string or an array of parts",
                 f"messages.[{i}].content",
                 "invalid_type",
@@ -1042,9 +1042,9 @@ def _validate_chat(body: object) -> BadRequest | None:
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            return BadRequest(f"'{key}' must be an integer", key, "invalid_type")
+            return _BadRequest(f"'{key}' must be an integer", key, "invalid_type")
         if isinstance(v, int) and v < 1:
-            return BadRequest(
+            return _BadRequest(
                 f"Invalid '{key}': integer below minimum value. Expected a value >= 1, but got "
                 f"{v} instead.",
                 key,
@@ -1053,14 +1053,14 @@ def _validate_chat(body: object) -> BadRequest | None:
     return _validate_response_format(body.get("response_format"))
 
 
-def _validate_response_format(rf: object) -> BadRequest | None:
+def _validate_response_format(rf: object) -> _BadRequest | None:
     if rf is None:
         return None
     if not isinstance(rf, dict):
-        return BadRequest("'response_format' must be an object", "response_format", "invalid_type")
+        return _BadRequest("'response_format' must be an object", "response_format", "invalid_type")
     kind = rf.get("type")
     if kind not in ("text", "json_object", "json_schema"):
-        return BadRequest(
+        return _BadRequest(
             "Invalid value for 'response_format.type': expected one of 'text', 'json_object' "
             "or 'json_schema'.",
             "response_format.type",
@@ -1070,20 +1070,20 @@ def _validate_response_format(rf: object) -> BadRequest | None:
         return None
     spec = rf.get("json_schema")
     if not isinstance(spec, dict):
-        return BadRequest(
+        return _BadRequest(
             "Missing required parameter: 'response_format.json_schema'.",
             "response_format.json_schema",
             "missing_required_parameter",
         )
     name = spec.get("name")
     if name is None:
-        return BadRequest(
+        return _BadRequest(
             "Missing required parameter: 'response_format.json_schema.name'.",
             "response_format.json_schema.name",
             "missing_required_parameter",
         )
     if not isinstance(name, str) or not _SCHEMA_NAME_RE.match(name):
-        return BadRequest(
+        return _BadRequest(
             "Invalid 'response_format.json_schema.name': letters, digits, '_' and '-' only, "
             "at most 64 of them.",
             "response_format.json_schema.name",
@@ -1091,7 +1091,7 @@ def _validate_response_format(rf: object) -> BadRequest | None:
         )
     schema = spec.get("schema")
     if schema is not None and not isinstance(schema, dict):
-        return BadRequest(
+        return _BadRequest(
             "Invalid type for 'response_format.json_schema.schema': expected an object.",
             "response_format.json_schema.schema",
             "invalid_type",
@@ -1100,7 +1100,7 @@ def _validate_response_format(rf: object) -> BadRequest | None:
         try:
             example_of(schema)
         except ValueError as exc:
-            return BadRequest(
+            return _BadRequest(
                 f"Invalid schema for response_format '{name}': {exc}.", "response_format"
             )
     return None

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
-from quorum.schema_example import SchemaTooDeepError, example_of
+from quorum.schema_example import SchemaTooLargeError, example_of
 
 Schema = dict[str, Any]
 
@@ -214,8 +214,26 @@ def test_enum_members_vary_with_the_prompt() -> None:
 def test_a_schema_with_no_finite_instance_is_refused() -> None:
     loop = {"$defs": {"L": {"type": "object", "properties": {"next": {"$ref": "#/$defs/L"}},
                             "required": ["next"]}}, "$ref": "#/$defs/L"}  # fmt: skip
-    with pytest.raises(SchemaTooDeepError):
+    with pytest.raises(SchemaTooLargeError):
         example_of(loop, "x")
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "array", "items": {"type": "integer"}, "minItems": 10**9},
+        {"type": "string", "minLength": 10**12},
+        {  # fan-out 2 over required properties, 30 levels deep: 2**30 values
+            "$defs": {f"L{i}": {"type": "object", "required": ["a", "b"], "properties": {
+                "a": {"$ref": f"#/$defs/L{i + 1}"}, "b": {"$ref": f"#/$defs/L{i + 1}"}}}
+                for i in range(30)} | {"L30": {"type": "null"}},
+            "$ref": "#/$defs/L0",
+        },
+    ],
+)  # fmt: skip
+def test_a_huge_instance_is_refused_not_built(schema: Schema) -> None:
+    with pytest.raises(SchemaTooLargeError):
+        example_of(schema, "x")
 
 
 def test_an_unresolvable_ref_is_refused() -> None:

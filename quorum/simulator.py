@@ -12,9 +12,9 @@ Endpoints
     ``chat.completion.chunk`` objects over chunked transfer encoding, ending ``data: [DONE]``.
     With ``stream_options.include_usage`` the last chunk before ``[DONE]`` has empty
     ``choices`` and the ``usage`` block (as OpenAI does).
-``GET /v1/models``, ``GET /healthz``
-    Model list (well-known names plus every model asked for so far; any name is accepted) and
-    a liveness probe.
+``GET /v1/models``, ``GET /v1/models/<id>``, ``GET /healthz``
+    The models it serves (see *Models* below), one of them (404 ``model_not_found`` for
+    another), and a liveness probe.
 ``POST /_simulator/faults`` / ``GET`` / ``DELETE``
     Add faults (body: one fault object or a list of them, see :class:`Fault`), list the active
     ones (``{"faults": [{...fault, "remaining": n | null}]}``) or clear them all.
@@ -48,15 +48,29 @@ Rules the answers follow (deterministic, so tests can rely on them)
   "moderation_verdict", ...}}`` (or plain JSON mode, ``{"type": "json_object"}``) makes the
   content a JSON verdict computed from keyword lists over the last user message (see
   :func:`judge`). ``max_tokens`` bounds the whole JSON.
+* Structured outputs: any other ``json_schema`` gets a JSON document that validates against
+  its ``schema`` (:func:`quorum.schema_example.example_of`: strings quote the prompt's first
+  words, other values are picked from a hash of it), so the official SDK's
+  ``client.chat.completions.parse(response_format=SomePydanticModel)`` works. ``max_tokens``
+  bounds the whole JSON. A schema with no finite instance, or a ``$ref`` that names nothing,
+  is a 400.
+* Models: ``ProviderSimulator(models=[...])`` (``--model``, repeatable) are the model ids it
+  serves; a request for another is 404 ``model_not_found``. ``python -m quorum.simulator``
+  serves :data:`KNOWN_MODELS` (the provider ids of Quorum's embedded defaults) unless given
+  ``--model`` or ``--any-model``; ``quorum up`` passes the configured models. In-process,
+  ``models=None`` (the default) serves any model id.
 * Authorization: with ``api_key`` set, ``/v1/*`` requests need ``Authorization: Bearer
-  <key>``, else 401. Admin endpoints and ``/healthz`` never need a key (loopback test tool).
+  <key>``, else 401 ``invalid_api_key``. Admin endpoints and ``/healthz`` never need a key
+  (loopback test tool).
 * Request bodies over :data:`MAX_BODY_BYTES` get 413.
 
-Every error body is OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``) and
-its message contains :data:`LEAK_MARKER`, a fake secret, so tests can prove that adapters
-never pass a provider's raw body on.
+Every error body is OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``, a
+bad request naming the field in ``param``, e.g. ``messages.[0].role``) and its message
+contains :data:`LEAK_MARKER`, a fake secret, so tests can prove that adapters never pass a
+provider's raw body on. No error message holds anything shaped like a key (``sk-...``): one
+sent where a model name goes is redacted.
 
-Run it alone with ``python -m quorum.simulator --port 50070 [--latency 0.05]``.
+Run it alone with ``python -m quorum.simulator --port 50070 [--latency 0.05] [--any-model]``.
 """
 
 from __future__ import annotations
@@ -74,6 +88,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -81,6 +96,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal, cast, get_args
 
+from quorum.schema_example import example_of
 from quorum.signals import StopSignals
 
 logger = logging.getLogger(__name__)
@@ -103,12 +119,16 @@ DEFAULT_PROMPT_CACHE_MIN_TOKENS = 1024
 #: how many message prefixes the simulated prompt cache keeps (least recently used go first)
 MAX_CACHED_PREFIXES = 10_000
 CHARS_PER_TOKEN = 4
+#: the provider model ids of Quorum's embedded defaults (``quorum/defaults.toml``): what
+#: ``python -m quorum.simulator`` serves unless told otherwise with ``--model``
 KNOWN_MODELS: tuple[str, ...] = (
-    "gpt-4.1",
-    "claude-sonnet-4.5",
+    "claude-sonnet-4-5",
+    "deepseek-chat",
     "gemini-2.5-flash",
-    "deepseek-v3.2",
+    "gpt-4.1",
 )
+#: what a key looks like (OpenAI's ``sk-...``, Anthropic's ``sk-ant-...``): never in an error
+_KEY_LIKE_RE = re.compile(r"\bsk-[A-Za-z0-9_\-]{4,}")
 
 FaultKind = Literal[
     "status",
@@ -318,8 +338,9 @@ class ProviderSimulator:
         prompt_cache_min_tokens: int = DEFAULT_PROMPT_CACHE_MIN_TOKENS,
         models: Sequence[str] | None = None,
     ) -> None:
-        """``models``: the model ids it serves (another is 404 ``model_not_found``, as a real
-        provider answers); None serves any model."""
+        """``models``: the model ids it serves (another is 404 ``model_not_found``, as from a
+        real provider; ``python -m quorum.simulator`` serves :data:`KNOWN_MODELS` unless told
+        otherwise); None serves any model, which suits tests that make up model names."""
         if latency_s < 0 or token_delay_s < 0:
             raise ValueError("latency_s and token_delay_s must be >= 0")
         if prompt_cache_min_tokens < 1:
@@ -489,7 +510,15 @@ class ProviderSimulator:
             if req.model and len(self._models_seen) < 1000:
                 self._models_seen.setdefault(req.model, None)
 
+    def serves(self, model: str) -> bool:
+        """Whether a request for ``model`` is answered (else 404 ``model_not_found``)."""
+        return self.models is None or model in self.models
+
     def _models(self) -> list[str]:
+        """What ``GET /v1/models`` lists: the models it serves; when it serves any, the
+        well-known ones and every one asked for so far."""
+        if self.models is not None:
+            return sorted(self.models)
         with self._lock:
             return list(self._models_seen)
 
@@ -554,7 +583,11 @@ class _Server(ThreadingHTTPServer):
         logger.debug("simulator connection error from %s", client_address, exc_info=True)
 
 
-def _error_body(status: int, message: str) -> dict[str, Any]:
+def _error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape; ``code`` overrides the status's usual code. Anything shaped
+    like a key in ``message`` (a client may put one where a model name goes) is redacted."""
     kinds = {
         400: ("invalid_request_error", None),
         401: ("invalid_request_error", "invalid_api_key"),
@@ -563,17 +596,22 @@ def _error_body(status: int, message: str) -> dict[str, Any]:
         413: ("invalid_request_error", "request_too_large"),
         429: ("requests", "rate_limit_exceeded"),
     }
-    etype, code = kinds.get(
+    etype, usual = kinds.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", None)
     )
+    message = _KEY_LIKE_RE.sub("[redacted]", message)
     return {
         "error": {
             "message": f"{message} (simulated; {LEAK_MARKER})",
             "type": etype,
-            "param": None,
-            "code": code,
+            "param": param,
+            "code": code or usual,
         }
     }
+
+
+def _model_object(model: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": SYSTEM_FINGERPRINT}
 
 
 def _message_text(content: object) -> str:
@@ -655,8 +693,11 @@ class _Handler(BaseHTTPRequestHandler):
         headers: Mapping[str, str] | None = None,
         *,
         close: bool = False,
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
-        self._send_json(status, _error_body(status, message), headers, close=close)
+        body = _error_body(status, message, param, code)
+        self._send_json(status, body, headers, close=close)
 
     def _read_body(self) -> bytes | None:
         """The request body, or None after answering 411/413/400 already."""
@@ -705,11 +746,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(None, None)
             if not self._check_auth():
                 return
-            data = [
-                {"id": m, "object": "model", "created": 0, "owned_by": SYSTEM_FINGERPRINT}
-                for m in self.sim._models()
-            ]
+            data = [_model_object(m) for m in self.sim._models()]
             self._send_json(200, {"object": "list", "data": data})
+        elif path.startswith("/v1/models/"):
+            model = urllib.parse.unquote(path.removeprefix("/v1/models/"))
+            self._record(model, None)
+            if not self._check_auth():
+                return
+            if self.sim.serves(model):
+                self._send_json(200, _model_object(model))
+            else:
+                self._model_not_found(model)
         elif path == "/_simulator/requests":
             self._send_json(200, {"requests": [r.to_json() for r in self.sim.requests]})
         elif path == "/_simulator/faults":
@@ -771,9 +818,19 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _check_auth(self) -> bool:
-        if self.sim._authorized(self.headers.get("Authorization")):
+        """True when the request may go on; else answers 401 as OpenAI does (never quoting
+        the key it was sent)."""
+        header = self.headers.get("Authorization")
+        if self.sim._authorized(header):
             return True
-        self._send_error_json(401, "Incorrect API key provided")
+        if header is None:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            message = "Incorrect API key provided."
+        self._send_error_json(401, message)
         return False
 
     # -- chat completions ------------------------------------------------------------------
@@ -794,13 +851,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._check_auth():
             return
         problem = _validate_chat(body)
-        if problem:
-            self._send_error_json(400, problem)
+        if problem is not None:
+            self._send_error_json(400, problem.message, param=problem.param, code=problem.code)
             return
         sim = self.sim
         assert isinstance(model, str)
-        if sim.models is not None and model not in sim.models:
-            self._send_error_json(404, f"The model '{model[:100]}' does not exist")
+        if not sim.serves(model):
+            self._model_not_found(model)
             return
         fault = sim._take_fault(model)
         if fault is not None and fault.kind == "hang":
@@ -873,6 +930,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._send_bytes(200, data, "application/json")
 
+    def _model_not_found(self, model: str) -> None:
+        self._send_error_json(
+            404,
+            f"The model `{model[:100]}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
     def _stream(
         self,
         model: str,
@@ -931,25 +996,113 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _validate_chat(body: object) -> str | None:
+@dataclass(frozen=True)
+class _BadRequest:
+    """What is wrong with a request: the 400's message, ``param`` (the field, in OpenAI's
+    ``messages.[0].role`` notation) and ``code``."""
+
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+#: OpenAI's rule for a response_format schema's name
+_SCHEMA_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _validate_chat(body: object) -> _BadRequest | None:
     """What is wrong with a chat-completions request body, or None."""
     if not isinstance(body, dict):
-        return "the request body must be a JSON object"
+        return _BadRequest("the request body must be a JSON object")
     model = body.get("model")
+    if model is None:
+        return _BadRequest(
+            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
-        return "'model' must be a non-empty string"
+        return _BadRequest("'model' must be a non-empty string", "model", "invalid_type")
     messages = body.get("messages")
+    if messages is None:
+        return _BadRequest(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
     if not isinstance(messages, list) or not messages:
-        return "'messages' must be a non-empty array"
-    for m in messages:
+        return _BadRequest("'messages' must be a non-empty array", "messages", "invalid_type")
+    for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            return "every message needs a 'role'"
+            return _BadRequest(
+                "every message needs a 'role'", f"messages.[{i}].role", "missing_required_parameter"
+            )
         if not isinstance(m.get("content"), str | list | None):
-            return "message 'content' must be a string or an array of parts"
+            return _BadRequest(
+                "message 'content' must be a string or an array of parts",
+                f"messages.[{i}].content",
+                "invalid_type",
+            )
     for key in ("max_tokens", "max_completion_tokens"):
         v = body.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            return f"'{key}' must be a positive integer"
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            return _BadRequest(f"'{key}' must be an integer", key, "invalid_type")
+        if isinstance(v, int) and v < 1:
+            return _BadRequest(
+                f"Invalid '{key}': integer below minimum value. Expected a value >= 1, but got "
+                f"{v} instead.",
+                key,
+                "integer_below_min_value",
+            )
+    return _validate_response_format(body.get("response_format"))
+
+
+def _validate_response_format(rf: object) -> _BadRequest | None:
+    if rf is None:
+        return None
+    if not isinstance(rf, dict):
+        return _BadRequest("'response_format' must be an object", "response_format", "invalid_type")
+    kind = rf.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        return _BadRequest(
+            "Invalid value for 'response_format.type': expected one of 'text', 'json_object' "
+            "or 'json_schema'.",
+            "response_format.type",
+            "invalid_value",
+        )
+    if kind != "json_schema":
+        return None
+    spec = rf.get("json_schema")
+    if not isinstance(spec, dict):
+        return _BadRequest(
+            "Missing required parameter: 'response_format.json_schema'.",
+            "response_format.json_schema",
+            "missing_required_parameter",
+        )
+    name = spec.get("name")
+    if name is None:
+        return _BadRequest(
+            "Missing required parameter: 'response_format.json_schema.name'.",
+            "response_format.json_schema.name",
+            "missing_required_parameter",
+        )
+    if not isinstance(name, str) or not _SCHEMA_NAME_RE.match(name):
+        return _BadRequest(
+            "Invalid 'response_format.json_schema.name': letters, digits, '_' and '-' only, "
+            "at most 64 of them.",
+            "response_format.json_schema.name",
+            "invalid_value",
+        )
+    schema = spec.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        return _BadRequest(
+            "Invalid type for 'response_format.json_schema.schema': expected an object.",
+            "response_format.json_schema.schema",
+            "invalid_type",
+        )
+    if schema is not None and name != "moderation_verdict":
+        try:
+            example_of(schema)
+        except ValueError as exc:
+            return _BadRequest(
+                f"Invalid schema for response_format '{name}': {exc}.", "response_format"
+            )
     return None
 
 
@@ -974,49 +1127,7 @@ def _other_schema(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return None
     spec = rf.get("json_schema")
     schema = spec.get("schema") if isinstance(spec, dict) else None
-    return schema if isinstance(schema, dict) else None
-
-
-def example_of(schema: Mapping[str, Any], text: str, defs: Mapping[str, Any] | None = None,
-               depth: int = 0) -> Any:  # fmt: skip
-    """A value that validates against ``schema`` (the subset structured outputs use: objects
-    with properties, arrays, strings, numbers, integers, booleans, enums, ``anyOf``,
-    ``$ref`` into ``$defs``), deterministic in ``text``."""
-    defs = {**(defs or {}), **schema.get("$defs", {}), **schema.get("definitions", {})}
-    if depth > 8:
-        return None
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.rsplit("/", 1)[-1] in defs:
-        return example_of(defs[ref.rsplit("/", 1)[-1]], text, defs, depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf"):
-        if isinstance(schema.get(key), list) and schema[key]:
-            return example_of(schema[key][0], text, defs, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        return {k: example_of(v, text, defs, depth + 1) for k, v in props.items()}
-    if kind == "array":
-        items = schema.get("items", {})
-        n = max(int(schema.get("minItems", 1)), 1)
-        return [example_of(items, text, defs, depth + 1) for _ in range(n)]
-    if kind == "integer":
-        return int(schema.get("minimum", 0))
-    if kind == "number":
-        return float(schema.get("minimum", 0))
-    if kind == "boolean":
-        return False
-    if kind == "null":
-        return None
-    value = f"simulated: {_summary(text)}" if text else "simulated"
-    low, high = int(schema.get("minLength", 0)), schema.get("maxLength")
-    value = value.ljust(low, ".")
-    return value[: int(high)] if isinstance(high, int) else value
+    return schema if isinstance(schema, dict) else {"type": "object"}
 
 
 def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[str, str]:
@@ -1041,7 +1152,10 @@ def _content(body: Mapping[str, Any], model: str, fault: Fault | None) -> tuple[
         return verdict, "stop"
     schema = _other_schema(body)
     if schema is not None:  # any other JSON schema: a value that validates against it
-        return json.dumps(example_of(schema, last_user)), "stop"
+        document = json.dumps(example_of(schema, last_user))
+        if max_chars is not None and len(document) > max_chars:
+            return document[:max_chars], "length"
+        return document, "stop"
     words = len(last_user.split())
     if words:
         reply = (
@@ -1073,11 +1187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_PROMPT_CACHE_MIN_TOKENS,
         help="the shortest prompt prefix the simulated prompt cache serves",
     )
-    parser.add_argument(
+    served = parser.add_mutually_exclusive_group()
+    served.add_argument(
         "--model",
         action="append",
-        help="a model id it serves (repeatable; another is 404); default: any model",
+        help="a model id it serves (repeatable; another is 404); default: "
+        + ", ".join(KNOWN_MODELS),
     )
+    served.add_argument("--any-model", action="store_true", help="serve any model id")
     parser.add_argument(
         "--api-key-env",
         default=None,
@@ -1097,7 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token_delay_s=args.token_delay,
         api_key=api_key,
         prompt_cache_min_tokens=args.prompt_cache_min_tokens,
-        models=args.model,
+        models=None if args.any_model else (args.model or KNOWN_MODELS),
     )
     try:
         sim.start()

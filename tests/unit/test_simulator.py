@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,13 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, Field
 
+from quorum import config
 from quorum.registry import CATEGORIES as REGISTRY_CATEGORIES
+from quorum.registry import OpenAIBackend, load_registry
 from quorum.simulator import (
+    KNOWN_MODELS,
     LEAK_MARKER,
     MAX_BODY_BYTES,
     SYSTEM_FINGERPRINT,
@@ -32,6 +38,7 @@ from quorum.simulator import (
 PROMPT = "Please summarise the history of the Roman aqueducts in three sentences"
 # the simulated judge answers every category the registry (and so the judges' schema) knows
 CATEGORIES = set(REGISTRY_CATEGORIES)
+KEY_LIKE = re.compile(r"sk-[A-Za-z0-9]")
 JUDGE_FORMAT = {
     "type": "json_schema",
     "json_schema": {"name": "moderation_verdict", "strict": True, "schema": {"type": "object"}},
@@ -555,11 +562,17 @@ def test_cli_serves_until_sigterm() -> None:
         assert line.startswith("provider simulator (simulated responses) listening on http://")
         url = line.rsplit(" ", 1)[1].strip()
         with httpx.Client(timeout=5) as c:
+            for model in KNOWN_MODELS:  # it serves the embedded defaults' models, only them
+                resp = c.post(
+                    f"{url}/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                )
+                assert resp.status_code == 200
             resp = c.post(
                 f"{url}/chat/completions",
                 json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
             )
-            assert resp.status_code == 200
+            assert resp.status_code == 404
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
@@ -660,14 +673,11 @@ def test_errors_cache_nothing(sim: ProviderSimulator, client: httpx.Client) -> N
     assert usage["prompt_tokens_details"]["cached_tokens"] == 0
 
 
-def test_any_json_schema_gets_an_answer_that_validates() -> None:
+def test_any_json_schema_gets_an_answer_that_validates(
+    sim: ProviderSimulator, client: httpx.Client
+) -> None:
     """Structured outputs beyond the judge's verdict: what a Pydantic model's schema asks
-    for (the official SDK's parse() sends exactly this)."""
-    from enum import StrEnum
-
-    from pydantic import BaseModel, Field
-
-    from quorum.simulator import example_of
+    for (the official SDK's parse() sends exactly this), deterministic in the prompt."""
 
     class Mood(StrEnum):
         calm = "calm"
@@ -682,13 +692,94 @@ def test_any_json_schema_gets_an_answer_that_validates() -> None:
         final: str = Field(min_length=3)
         mood: Mood
         score: float
-        count: int
-        ok: bool
+        count: int = Field(ge=1, le=3)
         note: str | None
 
-    value = example_of(Answer.model_json_schema(), "solve 8x + 7 = -23")
-    parsed = Answer.model_validate(value)
-    assert parsed.steps and parsed.steps[0].explanation.startswith("simulated")
+    rf = {
+        "type": "json_schema",
+        "json_schema": {"name": "Answer", "strict": True, "schema": Answer.model_json_schema()},
+    }
+    body = chat(client, sim, prompt="solve 8x + 7 = -23", response_format=rf).json()
+    content = body["choices"][0]["message"]["content"]
+    parsed = Answer.model_validate_json(content)
+    assert parsed.steps[0].explanation == "simulated: solve 8x + 7 = -23"
+    assert body["choices"][0]["finish_reason"] == "stop"
+    again = chat(client, sim, prompt="solve 8x + 7 = -23", response_format=rf).json()
+    assert again["choices"][0]["message"]["content"] == content
+    # max_tokens bounds the whole document, as for a verdict
+    cut = chat(client, sim, prompt="solve", response_format=rf, max_tokens=5).json()
+    assert cut["choices"][0]["finish_reason"] == "length"
+    assert len(cut["choices"][0]["message"]["content"]) == 20
+
+
+def test_json_object_mode_answers_a_json_object(
+    sim: ProviderSimulator, client: httpx.Client
+) -> None:
+    body = chat(client, sim, response_format={"type": "json_object"}).json()
+    assert isinstance(json.loads(body["choices"][0]["message"]["content"]), dict)
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"model": None}, "model", "missing_required_parameter"),
+        ({"model": 7}, "model", "invalid_type"),
+        ({"messages": None}, "messages", "missing_required_parameter"),
+        ({"messages": []}, "messages", "invalid_type"),
+        ({"messages": [{"content": "hi"}]}, "messages.[0].role", "missing_required_parameter"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages.[0].content", "invalid_type"),
+        ({"max_tokens": 0}, "max_tokens", "integer_below_min_value"),
+        ({"max_completion_tokens": "9"}, "max_completion_tokens", "invalid_type"),
+        ({"response_format": "json"}, "response_format", "invalid_type"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "invalid_value"),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema",
+            "missing_required_parameter",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+            "missing_required_parameter",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a b"}}},
+            "response_format.json_schema.name",
+            "invalid_value",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/Nope"}},
+                }
+            },
+            "response_format",
+            None,
+        ),
+    ],
+)
+def test_bad_requests_name_the_param(
+    sim: ProviderSimulator,
+    client: httpx.Client,
+    extra: dict[str, Any],
+    param: str,
+    code: str | None,
+) -> None:
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
+    resp = client.post(f"{sim.url}/chat/completions", json=body)
+    assert resp.status_code == 400
+    err = resp.json()["error"]
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", param, code)
+    assert sim.stats["completions"] == 0
+
+
+@pytest.mark.parametrize(("prompt", "says"), [("hello", "(1 word)"), ("hello there", "(2 words)")])
+def test_reply_counts_words_in_good_english(
+    sim: ProviderSimulator, client: httpx.Client, prompt: str, says: str
+) -> None:
+    content = chat(client, sim, prompt=prompt).json()["choices"][0]["message"]["content"]
+    assert says in content
 
 
 def test_a_model_it_does_not_serve_is_404_model_not_found() -> None:
@@ -699,3 +790,47 @@ def test_a_model_it_does_not_serve_is_404_model_not_found() -> None:
         assert gone.status_code == 404
         err = gone.json()["error"]
         assert err["code"] == "model_not_found" and err["type"] == "invalid_request_error"
+        assert err["param"] == "model" and "gpt-9" in err["message"]
+        # a key pasted where the model goes is not echoed back
+        key_like = "sk-proj-" + "Ab3" * 10
+        leaked = chat(client, sim, model=key_like)
+        assert leaked.status_code == 404
+        assert key_like not in leaked.text and not KEY_LIKE.search(leaked.text)
+
+
+def test_models_lists_what_it_serves() -> None:
+    with ProviderSimulator(models=["gpt-4.1", "deepseek-chat"]) as sim, httpx.Client() as client:
+        listed = client.get(f"{sim.url}/models").json()
+        assert [m["id"] for m in listed["data"]] == ["deepseek-chat", "gpt-4.1"]
+        one = client.get(f"{sim.url}/models/gpt-4.1")
+        assert one.status_code == 200 and one.json()["id"] == "gpt-4.1"
+        gone = client.get(f"{sim.url}/models/gpt-9")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+def test_known_models_are_the_embedded_defaults_provider_models() -> None:
+    """What ``python -m quorum.simulator`` serves by default: the defaults' provider ids."""
+    registry = load_registry(config.load(None, {}))
+    provider_models = {
+        m.backend.provider_model
+        for m in registry.models.values()
+        if isinstance(m.backend, OpenAIBackend)
+    }
+    assert set(KNOWN_MODELS) == provider_models
+
+
+def test_no_error_holds_a_key_like_string(client: httpx.Client) -> None:
+    key = "sk-test-SIMKEY-123"
+    with ProviderSimulator(api_key=key, models=["gpt-4.1"]) as sim:
+        auth = {"Authorization": f"Bearer {key}"}
+        bodies = [
+            chat(client, sim).text,
+            chat(client, sim, headers={"Authorization": "Bearer sk-wrong-0123456789"}).text,
+            chat(client, sim, headers=auth, model="sk-abcdefgh").text,
+            chat(client, sim, headers=auth, max_tokens=-1).text,
+        ]
+        sim.add_fault(Fault("rate_limit", times=1))
+        bodies.append(chat(client, sim, headers=auth).text)
+        for text in bodies:
+            assert "error" in json.loads(text)
+            assert not KEY_LIKE.search(text), text

@@ -86,10 +86,13 @@ async def _voter(config_text: str, data_dir: str) -> AsyncIterator[voter_pb2_grp
 
 
 def _config(triton: TritonServer, extra: str = "") -> str:
-    (cost_port,) = free_ports(1)  # no cost service: the local judges bill nothing anyway
+    # no cost service: the local judges bill nothing anyway; metrics served as by default,
+    # on a free port
+    cost_port, metrics_port = free_ports(2)
     return (
         f'[voter]\ntriton_address = "{triton.grpc_address}"\n'
-        f'cost_address = "127.0.0.1:{cost_port}"\n' + extra
+        f'cost_address = "127.0.0.1:{cost_port}"\n'
+        f'metrics_address = "127.0.0.1:{metrics_port}"\n' + extra
     )
 
 

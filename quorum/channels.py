@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 
+from quorum import telemetry
 from quorum.authgrpc import client_interceptors
 from quorum.server import MAX_MESSAGE_BYTES
 from quorum.tls import TlsSettings
@@ -23,14 +24,14 @@ def connect(
     address: str, token: str | None = None, tls: TlsSettings | None = None
 ) -> grpc.aio.Channel:
     """A channel to another service: with ``token`` (this service's own key) every call
-    carries it; with ``tls`` enabled it is a TLS channel (mutual when ``tls.client_auth``)."""
+    carries it; with ``tls`` enabled it is a TLS channel (mutual when ``tls.client_auth``);
+    each call is traced once tracing is set up (:func:`quorum.telemetry.client_interceptors`)."""
+    interceptors = [*telemetry.client_interceptors(), *client_interceptors(token)]
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(
             address,
             tls.channel_credentials(),
             options=[*OPTIONS, *tls.channel_options()],
-            interceptors=client_interceptors(token),
+            interceptors=interceptors,
         )
-    return grpc.aio.insecure_channel(
-        address, options=OPTIONS, interceptors=client_interceptors(token)
-    )
+    return grpc.aio.insecure_channel(address, options=OPTIONS, interceptors=interceptors)

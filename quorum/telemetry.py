@@ -2,9 +2,10 @@
 
 Export is configured by the standard variables: spans go out over OTLP/HTTP when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set (and
-``OTEL_TRACES_EXPORTER`` is not ``none``); otherwise spans are still made, so trace ids flow
-to logs and downstream services, but nothing is exported. ``OTEL_SERVICE_NAME`` overrides
-the service name.
+``OTEL_TRACES_EXPORTER`` is not ``none``); otherwise spans still get ids, so trace ids flow
+to logs and downstream services, but nothing is exported and, unless the caller's trace is
+recorded (or ``OTEL_TRACES_SAMPLER`` says otherwise), nothing is recorded.
+``OTEL_SERVICE_NAME`` overrides the service name.
 """
 
 from __future__ import annotations
@@ -18,21 +19,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
 
 log = logging.getLogger(__name__)
 
 #: service names (without the leading slash)
 _HEALTH = "grpc.health.v1.Health"
 _REFLECTION = "grpc.reflection."
-#: Triton's liveness and readiness polls (the voter's health monitor): not worth a trace each
-_TRITON_UNTRACED = (
-    "/inference.GRPCInferenceService/ServerLive",
-    "/inference.GRPCInferenceService/ServerReady",
-    "/inference.GRPCInferenceService/ModelReady",
-    # inferences: quorum.backends.triton makes the client span of each (with the GenAI
-    # attributes) and sends its context itself; the instrumentation's would be a second one
-    "/inference.GRPCInferenceService/ModelInfer",
-)
 #: how many method names the filter remembers its decision for
 _MAX_METHODS = 1024
 
@@ -63,15 +56,22 @@ def setup(
     exporter: SpanExporter | None = None,
     instrument: bool = True,
 ) -> Callable[[], None]:
-    """Install the tracer provider and the gRPC (aio server and client) and httpx
-    instrumentation. Returns a function that flushes and shuts tracing down."""
+    """Install the tracer provider and the gRPC (aio servers, and the channels between our
+    services: :func:`client_interceptors`) and httpx instrumentation. Returns a function that
+    flushes and shuts tracing down."""
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
-    provider = TracerProvider(resource=resource)
     if exporter is None and export_enabled(env):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter(timeout=5)
+    sampler: Sampler | None = None  # the SDK's: OTEL_TRACES_SAMPLER, else parent-based on
+    if exporter is None and not env.get("OTEL_TRACES_SAMPLER"):
+        # Nothing leaves the process, so a span nobody upstream records is not recorded here
+        # either: it still has ids (in the logs, sent downstream) but costs next to nothing.
+        # A call whose caller records its trace is recorded (its context flows on as sampled).
+        sampler = ParentBased(ALWAYS_OFF)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))  # honours OTEL_BSP_*
     trace.set_tracer_provider(provider)
@@ -96,10 +96,10 @@ def setup_client(service: str, env: Mapping[str, str] | None = None) -> Callable
 
 
 def untraced(method: str) -> bool:
-    """Whether calls of ``method`` (``/package.Service/Method``) make no span: health checks,
-    reflection and Triton's readiness polls (they would bury the traces that matter)."""
-    name = method.lstrip("/")
-    return name.startswith((_HEALTH + "/", _REFLECTION)) or "/" + name in _TRITON_UNTRACED
+    """Whether calls of ``method`` (``/package.Service/Method``) make no span: health checks
+    and reflection (they would bury the traces that matter). Triton's readiness polls make
+    none either: its channel is not traced (see :func:`client_interceptors`)."""
+    return method.lstrip("/").startswith((_HEALTH + "/", _REFLECTION))
 
 
 def traced() -> Callable[[Any], bool]:
@@ -125,13 +125,29 @@ def traced() -> Callable[[Any], bool]:
 
 
 def _instrument() -> None:
-    from opentelemetry.instrumentation.grpc import (
-        GrpcAioInstrumentorClient,
-        GrpcAioInstrumentorServer,
-    )
+    global _trace_channels
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     # the filter goes to the constructor: instrument() ignores a filter_ argument
     GrpcAioInstrumentorServer(filter_=traced()).instrument()
-    GrpcAioInstrumentorClient(filter_=traced()).instrument()
     HTTPXClientInstrumentor().instrument()
+    _trace_channels = True
+
+
+#: whether :func:`client_interceptors` traces: set by :func:`setup` with instrumentation
+_trace_channels = False
+
+
+def client_interceptors() -> list[Any]:
+    """The tracing interceptors for a channel to another Quorum service (one client span per
+    call, its context sent on), once :func:`setup` has instrumented the process; none before.
+
+    Only our own channels get them (:func:`quorum.channels.connect`), not every channel in
+    the process: an intercepted call costs grpc.aio extra tasks, and Triton's inferences are
+    traced by :mod:`quorum.backends.triton` itself."""
+    if not _trace_channels:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors(filter_=traced()))

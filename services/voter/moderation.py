@@ -193,6 +193,8 @@ class Moderator:
         """Every judge at once; with early decision on, the remote judges still running are
         cancelled as soon as they can no longer change the outcome (their ballots say
         skipped). Local judges are always waited for."""
+        if not self._early or all(isinstance(j.spec.backend, TritonBackend) for j in judges):
+            return list(await asyncio.gather(*(self._ballot(j, asked) for j in judges)))
         tasks = {asyncio.create_task(self._ballot(j, asked)): j for j in judges}
         got: dict[str, Ballot] = {}
         waiting = set(tasks)

@@ -607,10 +607,21 @@ class Meter:
             max_output_tokens=budget.max_output_tokens,
             ttl=ttl,
         )
+        # as long as the cost service may take, but no longer than the call has left: a call
+        # whose own deadline runs out here has run out of time (it is never let through
+        # unreserved because its caller gave it little time)
+        timeout_s = min(self._s.reserve_timeout_s, budget.hold_s)
+        out_of_time = errors.DeadlineExceeded(
+            "the call ran out of time while its budget was reserved", reason="DEADLINE_EXCEEDED"
+        )
+        if timeout_s <= 0:
+            raise out_of_time
         try:
-            resp = await self._stub.Reserve(request, timeout=self._s.reserve_timeout_s)
+            resp = await self._stub.Reserve(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as e:
             err = from_rpc_error(e, service="cost")
+            if isinstance(err, errors.DeadlineExceeded) and timeout_s < self._s.reserve_timeout_s:
+                raise out_of_time from None
             if not isinstance(err, errors.Unavailable | errors.DeadlineExceeded):
                 raise err from None
             if self._s.on_budget_unavailable == "refuse":

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from quorum import config
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.errors import DeadlineExceeded
 from quorum.server import create_server
 from quorum.usage import Budgeted, Charge, Meter, MeterSettings, replay
 from services.cost.config import from_config
@@ -226,3 +227,70 @@ async def test_an_older_cost_service_gets_the_records_one_by_one(
     assert not meter.rejected_path.exists()
     warned = [r for r in caplog.records if "no RecordUsageBatch" in r.getMessage()]
     assert len(warned) == 1  # asked once, then remembered
+
+
+class SlowReserveCostServicer(CostServicer):
+    """The real cost service, whose Reserve answers only after ``delay_s``."""
+
+    delay_s = 0.5
+
+    async def Reserve(self, request, context):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay_s)
+        return await super().Reserve(request, context)
+
+
+@pytest.mark.parametrize(
+    ("hold_s", "outcome"),
+    [
+        (0.2, "out of time"),  # the call's own deadline ends before the answer
+        (5.0, "allowed"),  # the cost service's allowance (0.3 s) ends first: it is unavailable
+    ],
+)
+async def test_a_reservation_waits_no_longer_than_the_call_has(
+    tmp_path: Path, hold_s: float, outcome: str
+) -> None:
+    settings = cost_settings(tmp_path)
+    ledger = await SqliteLedger.open(tmp_path / "ledger.sqlite3")
+    servicer = SlowReserveCostServicer(settings.registry, ledger)
+    server, port, _ = create_server(
+        "127.0.0.1:0",
+        lambda s: cost_pb2_grpc.add_CostServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
+        [SERVICE_NAME],
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = cost_pb2_grpc.CostServiceStub(ch)
+            await stub.SetBudget(
+                cost_pb2.SetBudgetRequest(
+                    budget=cost_pb2.Budget(
+                        tenant="acme", limit=common_pb2.Money(micros=10**9, currency="USD")
+                    )
+                ),
+                timeout=5,
+            )
+            meter = Meter(
+                stub, tmp_path / "j", source="router", settings=MeterSettings(reserve_timeout_s=0.3)
+            )
+            await meter.start()
+            try:
+                begin = meter.begin(
+                    "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=Budgeted(10, 100, hold_s),
+                )  # fmt: skip
+                t0 = asyncio.get_running_loop().time()
+                if outcome == "out of time":
+                    with pytest.raises(DeadlineExceeded) as e:
+                        await begin
+                    assert e.value.reason == "DEADLINE_EXCEEDED"
+                else:  # on_budget_unavailable = "allow": made, unreserved
+                    charge = await begin
+                    assert charge.intent.reservation_id == ""
+                    charge.settle(10, 20)
+                elapsed = asyncio.get_running_loop().time() - t0
+                assert elapsed < min(hold_s, 0.3) + 0.25
+            finally:
+                await meter.stop()
+    finally:
+        await server.stop(None)
+        await ledger.close()

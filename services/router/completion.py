@@ -34,6 +34,7 @@ from quorum.errors import (
     QuorumError,
     Unavailable,
 )
+from quorum.limits import RateLimiter
 from quorum.money import NoExchangeRate
 from quorum.pricing import Cost, PriceNotFound, bill
 from quorum.registry import ModelSpec, OpenAIBackend, Registry
@@ -42,7 +43,6 @@ from quorum.usage import Budgeted, Charge, Meter, usage_key
 from quorum.voter.v1 import voter_pb2
 from services.router.breaker import Breakers
 from services.router.budgetview import BudgetView
-from services.router.limits import RateLimiter
 from services.router.replay import Replays, Ticket
 from services.router.routing import AutoRouting, Route, choose, step_down
 

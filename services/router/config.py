@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quorum import config, ids
+from quorum import config, ids, limits
 from quorum.auth import AuthSettings
 from quorum.errors import InvalidArgument
+from quorum.limits import Limits
 from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
 from quorum.retry import RetryPolicy
@@ -19,7 +20,6 @@ from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
 from quorum.usage import MeterSettings
 from services.router.completion import Moderation, ModerationPolicy
-from services.router.limits import Limit
 from services.router.routing import AutoRouting, Rule
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ class RouterSettings:
     registry: Registry
     auth: AuthSettings = field(default_factory=AuthSettings)
     #: per-tenant rate limits: the default, and the tenants that have their own
-    limit: Limit = field(default_factory=Limit)
-    tenant_limits: Mapping[str, Limit] = field(default_factory=dict)
+    rate_limits: Limits = field(default_factory=Limits)
     #: automatic routing for requests that name neither a model nor a task (None: off)
     auto: AutoRouting | None = None
     #: the share of a budget past which requests that name no model go to cheaper models
@@ -79,7 +78,6 @@ class RouterSettings:
         )
         simulator_url = str(r.get("simulator_url") or "")
         registry = load_registry(data).resolve_keys(env, simulator_url=simulator_url or None)
-        limit, tenant_limits = _limits(r.get("limits", {}))
         routing = config.section(data, "routing")
         return cls(
             address=config.get_str(r, "address", w),
@@ -101,8 +99,7 @@ class RouterSettings:
             replay_max_entries=config.get_int(r, "replay_max_entries", w, minimum=1),
             registry=registry,
             auth=AuthSettings.from_config(data, env, calls_services=True),
-            limit=limit,
-            tenant_limits=tenant_limits,
+            rate_limits=limits.from_config(r.get("limits", {}), "router.limits"),
             auto=_auto(data, registry),
             breaker_failures=config.get_int(r, "breaker_failures", w),
             breaker_cooldown_s=config.get_float(r, "breaker_cooldown_s", w),
@@ -127,35 +124,6 @@ def _tenant(name: object, where: str = "router.moderation_floors") -> str:
         return ids.tenant(str(name), field=f"{where}.{name}", required=True)
     except InvalidArgument as e:
         raise ConfigError(e.message) from None
-
-
-def _limit(table: object, where: str) -> Limit:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(table) - {"requests_per_minute", "tokens_per_minute", "tenants"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    return Limit(
-        requests_per_minute=config.get_float(table, "requests_per_minute", where)
-        if "requests_per_minute" in table
-        else 0.0,
-        tokens_per_minute=config.get_float(table, "tokens_per_minute", where)
-        if "tokens_per_minute" in table
-        else 0.0,
-    )
-
-
-def _limits(table: object) -> tuple[Limit, dict[str, Limit]]:
-    """``[router.limits]`` (the default) and ``[router.limits.tenants.<tenant>]``."""
-    default = _limit(table, "router.limits")
-    assert isinstance(table, Mapping)
-    tenants = table.get("tenants", {})
-    if not isinstance(tenants, Mapping):
-        raise ConfigError("router.limits.tenants: a table of tenant tables")
-    return default, {
-        _tenant(t, "router.limits.tenants"): _limit(v, f"router.limits.tenants.{t}")
-        for t, v in tenants.items()
-    }
 
 
 def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import channels, metrics, tokens
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
+from quorum.limits import RateLimiter
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.server import HealthMonitor, create_server
 from quorum.usage import Meter
@@ -22,7 +23,6 @@ from services.router.breaker import Breakers
 from services.router.budgetview import BudgetView
 from services.router.completion import Completer, Completion, StepDown
 from services.router.config import RouterSettings
-from services.router.limits import RateLimiter
 from services.router.replay import Replays
 from services.router.servicer import RouterServicer
 from services.router.voterclient import VoterClient
@@ -63,7 +63,7 @@ async def create(
             ttl_s=settings.replay_ttl_s, max_entries=settings.replay_max_entries
         ),
         record_wait_s=settings.meter.record_wait_s,
-        limits=RateLimiter(settings.limit, settings.tenant_limits, clock=time.monotonic),
+        limits=RateLimiter(settings.rate_limits, clock=time.monotonic),
         auto=settings.auto,
         breakers=Breakers(
             failures=settings.breaker_failures,

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quorum import config
+from quorum import config, limits
 from quorum.auth import AuthSettings
+from quorum.limits import Limits
 from quorum.metrics import MetricsSettings
 from quorum.registry import CATEGORIES, ConfigError, Registry, load_registry
 from quorum.server import ServerLimits
@@ -36,6 +37,8 @@ class VoterSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: per-tenant rate limits of the moderations clients ask for (not the router's)
+    rate_limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_config(
@@ -63,6 +66,7 @@ class VoterSettings:
             tls=TlsSettings.from_config(data, env),
             limits=ServerLimits.from_config(data),
             metrics=MetricsSettings.from_config(data, "voter"),
+            rate_limits=limits.from_config(v.get("limits", {}), "voter.limits"),
         )
         if not settings.registry.judges():
             raise ConfigError(

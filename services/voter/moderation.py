@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from quorum import metrics
-from quorum.backends.types import TokenUsage
+from quorum import metrics, tokens
+from quorum.backends.types import ChatMessage, TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import (
     DeadlineExceeded,
@@ -26,6 +26,7 @@ from quorum.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from quorum.limits import RateLimiter
 from quorum.registry import ModelSpec, TritonBackend
 from quorum.usage import usage_key
 from services.voter.judges import Judge, JudgeResult, pending_of, weight_of
@@ -95,12 +96,14 @@ class Moderator:
         model_timeout_s: float,
         max_text_chars: int,
         early_decision: bool = True,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._judges = dict(judges)
         self._policy = policy
         self._model_timeout = model_timeout_s
         self._max_chars = max_text_chars
         self._early = early_decision
+        self._limiter = limiter
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -137,12 +140,18 @@ class Moderator:
         deadline: Deadline,
         *,
         tenant: str,
+        rate_limited: bool = True,
     ) -> Outcome:
         """The votes on ``text`` and their verdict; the paid judges bill their calls to
         ``tenant`` and reserve them against its hard budgets (a judge its budget refuses
         abstains). Without quorum (and ``on_no_quorum = "error"``): ResourceExhausted
-        (BUDGET_EXCEEDED) when a budget refused a judge, else Unavailable (NO_QUORUM)."""
+        (BUDGET_EXCEEDED) when a budget refused a judge, else Unavailable (NO_QUORUM).
+        ``rate_limited``: the moderation takes one request and its text's tokens (a token per
+        4 bytes) from ``tenant``'s allowance first (ResourceExhausted, RATE_LIMITED, when it
+        is short)."""
         judges = self.validate(text, models)
+        if rate_limited and self._limiter is not None:
+            self._limiter.admit(tenant, tokens.approx_messages([ChatMessage("user", text)]))
         timeout = min(self._model_timeout, max(deadline.remaining() - _MARGIN_S, 0.01))
         ballots = await self._cascade(judges, _Asked(text, request_id, tenant, timeout))
         metrics.votes_cast((b.vote.model, b.vote.status.value, b.vote.is_safe) for b in ballots)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -15,6 +16,7 @@ from quorum import channels, metrics, tokens
 from quorum.backends.coalesce import CoalescingScorer
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
+from quorum.limits import RateLimiter
 from quorum.registry import TritonBackend
 from quorum.server import HealthMonitor, create_server
 from quorum.usage import Meter
@@ -61,6 +63,7 @@ async def create(
         model_timeout_s=settings.model_timeout_s,
         max_text_chars=settings.max_text_chars,
         early_decision=settings.early_decision,
+        limiter=RateLimiter(settings.rate_limits, clock=time.monotonic),
     )
     servicer = VoterServicer(
         moderator,

@@ -53,11 +53,11 @@ def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2
     )
 
 
-def _tenant(named: str) -> str:
-    """The tenant a moderation is for: the one the request names (a client key only its
-    own), else the caller's."""
+def _caller(named: str) -> auth.Identity:
+    """The caller, acting for the tenant the moderation is for: the one the request names (a
+    client key only its own), else its own."""
     checked = ids.tenant(named, field="tenant", required=True) if named else ""
-    return auth.current().acting_for(checked).tenant
+    return auth.current().acting_for(checked)
 
 
 class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
@@ -76,10 +76,16 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
             context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
         )
         start = time.monotonic()
-        tenant = _tenant(request.tenant)
+        caller = _caller(request.tenant)
         request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
         outcome = await self._moderator.moderate(
-            request.text, request_id, list(request.models), deadline, tenant=tenant
+            request.text,
+            request_id,
+            list(request.models),
+            deadline,
+            tenant=caller.tenant,
+            # the router's moderations (a service key) count against its own limits
+            rate_limited=caller.role is not auth.Role.SERVICE,
         )
         latency_ms = int((time.monotonic() - start) * 1000)
         return to_response(request_id, outcome, latency_ms)

@@ -53,9 +53,11 @@ def judge(provider_model: str) -> dict:
 
 
 @asynccontextmanager
-async def quorum_mesh(sim: ProviderSimulator, tmp_path: Path, *, keys: bool) -> AsyncIterator[Mesh]:
+async def quorum_mesh(
+    sim: ProviderSimulator, tmp_path: Path, *, keys: bool, voter_limits: dict | None = None
+) -> AsyncIterator[Mesh]:
     """Cost, voter (two simulated LLM judges, no local ones) and router with input
-    moderation, with keys on or off."""
+    moderation, with keys on or off (and the voter's ``[voter.limits]``)."""
     env = {"QUORUM_DATA_DIR": str(tmp_path)}
     tokens: dict[str, str] = {}
     if keys:
@@ -75,6 +77,8 @@ async def quorum_mesh(sim: ProviderSimulator, tmp_path: Path, *, keys: bool) -> 
         "sim-judge-b": judge("sim-judge-2"),
     }
     data["voter"]["address"] = f"127.0.0.1:{voter_port}"
+    if voter_limits is not None:
+        data["voter"]["limits"] = voter_limits
     data["auth"] |= {"enabled": keys}
     data["usage"]["unbudgeted_cache_s"] = 0  # a budget set mid-test holds at once
     async with AsyncExitStack() as stack:
@@ -228,3 +232,30 @@ async def test_a_judge_its_tenants_budget_cannot_hold_abstains_uncalled(sim, tmp
         assert all(v.status == voter_pb2.VOTE_STATUS_OK for v in other.votes)
         assert [r.model for r in sim.requests if r.model == "sim-judge-2"] == ["sim-judge-2"]
         assert await judge_usage(mesh, {"acme": 1, "globex": 2}) == {"acme": 1, "globex": 2}
+
+
+async def test_the_voter_limits_its_clients_not_the_router(
+    sim: ProviderSimulator, tmp_path: Path
+) -> None:
+    limits = {"requests_per_minute": 2, "tenants": {"ops": {"requests_per_minute": 0}}}
+    async with quorum_mesh(sim, tmp_path, keys=True, voter_limits=limits) as mesh:
+        acme = mesh.keys["acme"]
+        req = voter_pb2.ModerateRequest(text="have a nice day")
+        for _ in range(2):
+            await mesh.voter.Moderate(req, metadata=acme, timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await mesh.voter.Moderate(req, metadata=acme, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(e.value)
+        assert info.reason == "RATE_LIMITED" and info.metadata["tenant"] == "acme"
+        # the router moderates acme's prompts with its service key: not the voter's to limit
+        for _ in range(3):
+            resp = await mesh.router.Complete(
+                router_pb2.CompleteRequest(prompt="hello there", model="sim-chat"),
+                metadata=acme,
+                timeout=20,
+            )
+            assert resp.input_moderation.is_safe
+        # a tenant's own limit (0: none) overrides the default
+        for _ in range(4):
+            await mesh.voter.Moderate(req, metadata=mesh.keys["admin"], timeout=10)

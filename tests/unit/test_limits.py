@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quorum.errors import ResourceExhausted
-from services.router.limits import Limit, RateLimiter
+from quorum.limits import Limit, Limits, RateLimiter
 
 
 class Clock:
@@ -18,7 +18,7 @@ class Clock:
 
 def test_requests_per_minute_refill_continuously() -> None:
     clock = Clock()
-    rl = RateLimiter(Limit(requests_per_minute=3), clock=clock)
+    rl = RateLimiter(Limits(Limit(requests_per_minute=3)), clock=clock)
     for _ in range(3):
         rl.admit("acme", 10)
     with pytest.raises(ResourceExhausted) as e:
@@ -33,7 +33,7 @@ def test_requests_per_minute_refill_continuously() -> None:
 
 def test_tokens_are_taken_with_the_request_or_not_at_all() -> None:
     clock = Clock()
-    rl = RateLimiter(Limit(requests_per_minute=100, tokens_per_minute=1000), clock=clock)
+    rl = RateLimiter(Limits(Limit(requests_per_minute=100, tokens_per_minute=1000)), clock=clock)
     rl.admit("acme", 900)
     with pytest.raises(ResourceExhausted) as e:
         rl.admit("acme", 200)
@@ -46,9 +46,11 @@ def test_tokens_are_taken_with_the_request_or_not_at_all() -> None:
 
 def test_a_tenant_limit_overrides_the_default_and_zero_is_unlimited() -> None:
     rl = RateLimiter(
-        Limit(requests_per_minute=1), {"vip": Limit(), "small": Limit(tokens_per_minute=10)},
+        Limits(
+            Limit(requests_per_minute=1), {"vip": Limit(), "small": Limit(tokens_per_minute=10)}
+        ),
         clock=Clock(),
-    )  # fmt: skip
+    )
     for _ in range(50):
         rl.admit("vip", 10**6)
     rl.admit("small", 10)

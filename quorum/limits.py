@@ -1,5 +1,6 @@
 """Per-tenant rate limits: requests and tokens per minute, as token buckets. Pure (the clock
-is passed in); one :class:`RateLimiter` per router process.
+is passed in); one :class:`RateLimiter` per service process (the router's ``[router.limits]``,
+the voter's ``[voter.limits]``: :func:`from_config`).
 
 A bucket holds up to a minute's allowance and refills continuously. A request takes one
 from the tenant's request bucket and, from its token bucket, the most it may use (its input,
@@ -14,9 +15,11 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from quorum.errors import ResourceExhausted
+from quorum import config, ids
+from quorum.errors import InvalidArgument, ResourceExhausted
+from quorum.registry import ConfigError
 
 #: tenants whose buckets are kept; the least recently seen are dropped past this (a dropped
 #: tenant starts again with full buckets)
@@ -33,6 +36,54 @@ class Limit:
     @property
     def unlimited(self) -> bool:
         return self.requests_per_minute <= 0 and self.tokens_per_minute <= 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A service's limits: every tenant's (``default``), and the tenants that have their own."""
+
+    default: Limit = Limit()
+    tenants: Mapping[str, Limit] = field(default_factory=dict)
+
+
+def from_config(table: object, where: str) -> Limits:
+    """``[<where>]`` (the default) and ``[<where>.tenants.<tenant>]``: each with
+    ``requests_per_minute`` and ``tokens_per_minute`` (0 or absent: none)."""
+    default = _limit(table, where)
+    assert isinstance(table, Mapping)
+    tenants = table.get("tenants", {})
+    if not isinstance(tenants, Mapping):
+        raise ConfigError(f"{where}.tenants: a table of tenant tables")
+    return Limits(
+        default,
+        {
+            _tenant(t, f"{where}.tenants"): _limit(v, f"{where}.tenants.{t}")
+            for t, v in tenants.items()
+        },
+    )
+
+
+def _limit(table: object, where: str) -> Limit:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(table) - {"requests_per_minute", "tokens_per_minute", "tenants"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    return Limit(
+        requests_per_minute=config.get_float(table, "requests_per_minute", where)
+        if "requests_per_minute" in table
+        else 0.0,
+        tokens_per_minute=config.get_float(table, "tokens_per_minute", where)
+        if "tokens_per_minute" in table
+        else 0.0,
+    )
+
+
+def _tenant(name: object, where: str) -> str:
+    try:
+        return ids.tenant(str(name), field=f"{where}.{name}", required=True)
+    except InvalidArgument as e:
+        raise ConfigError(e.message) from None
 
 
 class Bucket:
@@ -56,15 +107,9 @@ class Bucket:
 
 
 class RateLimiter:
-    def __init__(
-        self,
-        default: Limit = Limit(),
-        tenants: Mapping[str, Limit] | None = None,
-        *,
-        clock: Callable[[], float],
-    ) -> None:
-        self._default = default
-        self._tenants = dict(tenants or {})
+    def __init__(self, limits: Limits = Limits(), *, clock: Callable[[], float]) -> None:
+        self._default = limits.default
+        self._tenants = dict(limits.tenants)
         self._clock = clock
         self._buckets: OrderedDict[str, tuple[Bucket | None, Bucket | None]] = OrderedDict()
 

@@ -480,8 +480,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy = config.section(config.load(args.config), "mesh")
         restart = config.get_choice(policy, "on_failure", "mesh", ("stop", "restart"))
         max_restarts = config.get_int(policy, "max_restarts", "mesh")
+        hang_after_s = config.get_float(policy, "hang_after_s", "mesh", minimum=0.0)
         restarts: dict[str, list[float]] = {}
         while not stop.wait(1.0):
+            for name in mesh.hung_parts(hang_after_s) if hang_after_s > 0 else ():
+                print(f"{name} has not answered its health checks for {hang_after_s:g} s; "
+                      "killed it", file=sys.stderr, flush=True)  # fmt: skip
             for name, code in mesh.exited_parts():
                 recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 600]
                 if restart == "stop" or len(recent) >= max_restarts:

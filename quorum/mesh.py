@@ -68,6 +68,16 @@ class _Child:
     pump: threading.Thread
     cmd: Sequence[str] = ()
     health: bool = True
+    #: for :meth:`Mesh.hung_parts`: the channel its health checks use, and when it last answered
+    channel: grpc.Channel | None = None
+    answered: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        self.pump.join(timeout=2.0)  # EOF after exit
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.channel is not None:
+            self.channel.close()
 
 
 class Mesh:
@@ -326,9 +336,7 @@ class Mesh:
                     log.warning("%s ignored SIGTERM; killing it", child.name)
                     child.proc.kill()
                     child.proc.wait()
-            child.pump.join(timeout=2.0)  # EOF after exit
-            if child.proc.stdout is not None:
-                child.proc.stdout.close()
+            child.close()
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
@@ -345,13 +353,40 @@ class Mesh:
         if old.proc.poll() is None:
             old.proc.kill()
         old.proc.wait()
-        old.pump.join(timeout=2.0)
-        if old.proc.stdout is not None:
-            old.proc.stdout.close()
+        old.close()
         self._children.remove(old)
         new = self._spawn(name, old.cmd, time.monotonic() + timeout_s, health=old.health)
         self._children.remove(new)
         self._children.insert(at, new)  # stopped in the same order as before
+
+    def hung_parts(self, after_s: float) -> list[str]:
+        """The parts whose health service has not answered for ``after_s`` seconds while their
+        process runs (hung, or too stuck to answer a health check), each killed, so that it
+        is then among :meth:`exited_parts`. Any answer counts, NOT_SERVING too (a part waiting
+        for a dependency is alive); only a timeout or no connection does not."""
+        hung = []
+        now = time.monotonic()
+        tls = TlsSettings.from_config(self._config, self._env())
+        for child in self._children:
+            if not child.health or child.proc.poll() is not None:
+                continue
+            if child.channel is None:
+                child.channel = blocking_channel(child.address, tls)
+            try:
+                health_pb2_grpc.HealthStub(child.channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=min(1.0, after_s / 3)
+                )
+                child.answered = now
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    child.answered = now  # refused (e.g. too many calls), but it answered
+            if now - child.answered > after_s:
+                log.warning("%s has not answered a health check for %.0f s; killing it",
+                            child.name, now - child.answered)  # fmt: skip
+                child.proc.kill()
+                child.proc.wait()
+                hung.append(child.name)
+        return hung
 
     def exited_parts(self) -> list[tuple[str, int]]:
         """The parts that have stopped on their own: (name, exit code)."""

@@ -165,6 +165,34 @@ def test_quorum_up_stops_the_mesh_when_a_service_dies(tmp_path):
         assert not port_open(port), f"port {port} still open after quorum up stopped"
 
 
+def test_quorum_up_stops_the_mesh_when_a_service_hangs(tmp_path):
+    """A part that is alive but answers nothing is as dead as one that exited: stop the cost
+    service's process (SIGSTOP), and `quorum up` kills it once it has not answered its health
+    checks for [mesh] hang_after_s, then stops the rest, saying why."""
+    proc, _, ports, out = start_up(tmp_path, {"QUORUM_MESH__HANG_AFTER_S": "3"})
+    try:
+        assert "Quorum is up" in "".join(out), "".join(out)
+        pids = subprocess.run(
+            ["pgrep", "-f", f"services.cost --address=127.0.0.1:{ports[2]}"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.split()  # fmt: skip
+        assert len(pids) == 1, pids
+        stopped_at = time.monotonic()
+        os.kill(int(pids[0]), signal.SIGSTOP)
+        rest, _ = proc.communicate(timeout=90)
+        took = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 1
+    assert "cost has not answered its health checks for 3 s; killed it" in rest, rest
+    assert "cost (exit code -9) stopped; stopping the mesh" in rest
+    assert 3 <= took < 60
+    for port in ports:
+        assert not port_open(port), f"port {port} still open after quorum up stopped"
+
+
 def test_quorum_up_can_restart_a_part_that_died(tmp_path):
     """With [mesh] on_failure = "restart", a killed router comes back on its address and
     completions work again; Ctrl-C still stops everything cleanly."""

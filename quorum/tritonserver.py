@@ -11,6 +11,9 @@ It follows the launch recipe in DESIGN.md ("Triton on CPU"):
   ``LD_LIBRARY_PATH``;
 - every endpoint binds to 127.0.0.1; full model configs (``--disable-auto-complete-config``);
   explicit model control with one ``--load-model`` per model;
+- before launch the models to load (and the models their ensembles call) are checked with
+  :mod:`quorum.tritoncheck`: a broken repository fails at once, with messages that name the
+  model, the field and the fix, instead of somewhere in the server's log;
 - the Python backend's shared-memory regions get a prefix unique to this server, so
   :meth:`TritonServer.stop` removes exactly its own ``/dev/shm`` files (a killed server leaves
   them behind).
@@ -98,6 +101,8 @@ class TritonOptions:
     otlp_schedule_delay_ms: int | None = None
     #: where the server's log goes; None: a file in the server's temporary directory
     log_file: Path | None = None
+    #: check the repository (quorum.tritoncheck) before launching; errors fail the start
+    check_repository: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +270,25 @@ class TritonServer:
             )
         )
 
+    def _check_repository(self) -> None:
+        from quorum import tritoncheck
+
+        repo = Path(self.options.model_repository)
+        models = self.options.models
+        findings = tritoncheck.check_repository(repo, models=models)
+        for f in findings:
+            if f.severity is not tritoncheck.Severity.ERROR:
+                log.warning("model repository: %s %s: %s (fix: %s)", f.model, f.field,
+                            f.message, f.fix)  # fmt: skip
+        bad = tritoncheck.errors(findings)
+        if bad:
+            raise FailedPrecondition(
+                f"the Triton model repository {repo} has errors (quorum triton check):\n"
+                + "\n".join(f"{f.model or '-'}: {f.field}: {f.message}; fix: {f.fix}" for f in bad),
+                reason="TRITON_REPOSITORY_INVALID",
+                metadata={"models": ",".join(sorted({f.model for f in bad}))},
+            )
+
     def _command(self, dist: _Dist, backend_dir: Path) -> list[str]:
         assert self._ports is not None and self._shm_prefix is not None
         http, grpc, metrics = self._ports
@@ -302,13 +326,17 @@ class TritonServer:
     def start(self, timeout_s: float = 120.0) -> None:
         """Launch the server and wait until it is live and every model is ready.
 
-        Raises Unavailable (with the end of the server's log) when the server exits early or
-        is not ready within ``timeout_s``; the server is stopped first.
+        Raises FailedPrecondition (reason ``TRITON_REPOSITORY_INVALID``) without launching
+        anything when the repository check finds errors; Unavailable (with the end of the
+        server's log) when the server exits early or is not ready within ``timeout_s``; the
+        server is stopped first.
         """
         with self._lock:
             if self._proc is not None:
                 raise FailedPrecondition("the Triton server is already started")
             dist = _locate_dist()
+            if self.options.check_repository:
+                self._check_repository()
             _remove_stale_leftovers()
             self._tmpdir = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
             try:

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import config, telemetry
 from quorum.errors import Unavailable
 from quorum.ids import free_ports
-from quorum.registry import OpenAIBackend, load_registry
+from quorum.registry import ConfigError, OpenAIBackend, load_registry
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
@@ -174,9 +174,13 @@ class Mesh:
 
         t = self._config["triton"]
         eph = opts.ephemeral_ports
+        repository = default_model_repository()
         self.triton = TritonServer(
             TritonOptions(
-                model_repository=default_model_repository(),
+                model_repository=repository,
+                skip=_optional_skipped(t, repository),
+                # routed_chat answers keyless models from the simulator, as the router does
+                env=_triton_env(opts, sim_url),
                 http_port=0 if eph else int(t["http_port"]),
                 grpc_port=0 if eph else int(t["grpc_port"]),
                 metrics_port=0 if eph else int(t["metrics_port"]),
@@ -387,3 +391,37 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _triton_env(opts: MeshOptions, sim_url: str) -> dict[str, str]:
+    """What Triton's Python models read besides the environment: the configuration file, and
+    the simulator for models without their key (routed_chat answers them as the router does)."""
+    env = {}
+    if opts.config_path:
+        env["QUORUM_CONFIG"] = str(Path(opts.config_path).resolve())
+    if sim_url:
+        env["QUORUM_ROUTER__SIMULATOR_URL"] = sim_url
+    return env
+
+
+def _optional_skipped(triton: Mapping[str, Any], repository: Path) -> tuple[str, ...]:
+    """``[triton] optional_models`` that ``load_optional`` does not ask for, directly or as
+    a step of an ensemble it names: the model folders ``quorum up`` leaves unloaded."""
+    from quorum import tritoncheck
+
+    optional = _names(triton.get("optional_models", []), "triton.optional_models")
+    wanted = _names(triton.get("load_optional", []), "triton.load_optional")
+    unknown = sorted(set(wanted) - set(optional))
+    if unknown:
+        raise ConfigError(f"triton.load_optional: {unknown} are not in triton.optional_models")
+    if not wanted:
+        return tuple(optional)
+    configs, _ = tritoncheck.load_configs(repository)
+    loaded = set(tritoncheck.models_with_dependencies(configs, wanted))
+    return tuple(m for m in optional if m not in loaded)
+
+
+def _names(value: object, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: a list of model folder names")
+    return list(value)

@@ -44,9 +44,9 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -90,8 +90,12 @@ class TritonOptions:
     """How to run one server. A port of 0 means "pick a free loopback port" at start."""
 
     model_repository: Path
-    #: models to load; None loads every model directory in the repository
+    #: models to load; None loads every model directory in the repository but ``skip``
     models: tuple[str, ...] | None = None
+    #: model directories not loaded when ``models`` is None
+    skip: tuple[str, ...] = ()
+    #: variables added to the server's environment (its Python models read them)
+    env: Mapping[str, str] = field(default_factory=dict)
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -266,7 +270,11 @@ class TritonServer:
             return ()  # Triton itself reports the bad repository
         return tuple(
             sorted(
-                p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+                p.name
+                for p in repo.iterdir()
+                if p.is_dir()
+                and not p.name.startswith((".", "_"))
+                and p.name not in self.options.skip
             )
         )
 
@@ -274,8 +282,7 @@ class TritonServer:
         from quorum import tritoncheck
 
         repo = Path(self.options.model_repository)
-        models = self.options.models
-        findings = tritoncheck.check_repository(repo, models=models)
+        findings = tritoncheck.check_repository(repo, models=self._model_names())
         for f in findings:
             if f.severity is not tritoncheck.Severity.ERROR:
                 log.warning("model repository: %s %s: %s (fix: %s)", f.model, f.field,
@@ -366,7 +373,7 @@ class TritonServer:
                         stdin=subprocess.DEVNULL,
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
-                        env=_child_env(),
+                        env={**_child_env(), **o.env},
                         cwd=self._tmpdir,
                         start_new_session=True,  # own process group: Ctrl-C hits only us
                         preexec_fn=parent_death_signal(),  # noqa: PLW1509

@@ -443,3 +443,17 @@ def test_cli_table_json_and_exit_status(tmp_path: Path) -> None:
     ok = _cli(str(default_model_repository()))
     assert ok.returncode == 0, ok.stdout
     assert "passes" in ok.stdout
+
+
+def test_quorum_up_skips_optional_models_unless_asked_for() -> None:
+    from quorum import config
+    from quorum.mesh import _optional_skipped
+
+    triton = config.load(env={})["triton"]
+    repo = default_model_repository()
+    assert set(_optional_skipped(triton, repo)) == {"routed_chat", "select_model", "chat_generate"}
+    assert _optional_skipped({**triton, "load_optional": ["routed_chat"]}, repo) == ()
+    assert _optional_skipped({**triton, "load_optional": ["select_model"]}, repo) == (
+        "routed_chat",
+        "chat_generate",
+    )

@@ -31,12 +31,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import config, telemetry
 from quorum.errors import Unavailable
 from quorum.ids import free_ports
-from quorum.registry import ConfigError, OpenAIBackend, load_registry
+from quorum.registry import OpenAIBackend, load_registry
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
     default_model_repository,
+    optional_skipped,
     parent_death_signal,
 )
 
@@ -178,7 +179,7 @@ class Mesh:
         self.triton = TritonServer(
             TritonOptions(
                 model_repository=repository,
-                skip=_optional_skipped(t, repository),
+                skip=optional_skipped(t, repository),
                 # routed_chat answers keyless models from the simulator, as the router does
                 env=_triton_env(opts, sim_url),
                 http_port=0 if eph else int(t["http_port"]),
@@ -402,26 +403,3 @@ def _triton_env(opts: MeshOptions, sim_url: str) -> dict[str, str]:
     if sim_url:
         env["QUORUM_ROUTER__SIMULATOR_URL"] = sim_url
     return env
-
-
-def _optional_skipped(triton: Mapping[str, Any], repository: Path) -> tuple[str, ...]:
-    """``[triton] optional_models`` that ``load_optional`` does not ask for, directly or as
-    a step of an ensemble it names: the model folders ``quorum up`` leaves unloaded."""
-    from quorum import tritoncheck
-
-    optional = _names(triton.get("optional_models", []), "triton.optional_models")
-    wanted = _names(triton.get("load_optional", []), "triton.load_optional")
-    unknown = sorted(set(wanted) - set(optional))
-    if unknown:
-        raise ConfigError(f"triton.load_optional: {unknown} are not in triton.optional_models")
-    if not wanted:
-        return tuple(optional)
-    configs, _ = tritoncheck.load_configs(repository)
-    loaded = set(tritoncheck.models_with_dependencies(configs, wanted))
-    return tuple(m for m in optional if m not in loaded)
-
-
-def _names(value: object, where: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{where}: a list of model folder names")
-    return list(value)

@@ -49,7 +49,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -57,7 +57,13 @@ from quorum.errors import FailedPrecondition, Unavailable
 from quorum.ids import free_ports
 from quorum.signals import StopSignals
 
-__all__ = ["TritonOptions", "TritonServer", "default_model_repository", "main"]
+__all__ = [
+    "TritonOptions",
+    "TritonServer",
+    "default_model_repository",
+    "main",
+    "optional_skipped",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +98,9 @@ class TritonOptions:
     model_repository: Path
     #: models to load; None loads every model directory in the repository but ``skip``
     models: tuple[str, ...] | None = None
-    #: model directories not loaded when ``models`` is None
-    skip: tuple[str, ...] = ()
+    #: model directories not loaded when ``models`` is None; None: the configuration's
+    #: ``[triton] optional_models`` that ``load_optional`` does not ask for
+    skip: tuple[str, ...] | None = None
     #: variables added to the server's environment (its Python models read them)
     env: Mapping[str, str] = field(default_factory=dict)
     http_port: int = 0
@@ -152,6 +159,32 @@ def _child_env() -> dict[str, str]:
             parts.append(str(libdir))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
     return env
+
+
+def optional_skipped(triton: Mapping[str, Any], repository: Path) -> tuple[str, ...]:
+    """``[triton] optional_models`` that ``load_optional`` does not ask for, directly or as
+    a step of an ensemble it names: the model folders ``quorum up`` leaves unloaded."""
+    from quorum import tritoncheck
+    from quorum.registry import ConfigError
+
+    optional = _names(triton.get("optional_models", []), "triton.optional_models")
+    wanted = _names(triton.get("load_optional", []), "triton.load_optional")
+    unknown = sorted(set(wanted) - set(optional))
+    if unknown:
+        raise ConfigError(f"triton.load_optional: {unknown} are not in triton.optional_models")
+    if not wanted:
+        return tuple(optional)
+    configs, _ = tritoncheck.load_configs(repository)
+    loaded = set(tritoncheck.models_with_dependencies(configs, wanted))
+    return tuple(m for m in optional if m not in loaded)
+
+
+def _names(value: object, where: str) -> list[str]:
+    from quorum.registry import ConfigError
+
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: a list of model folder names")
+    return list(value)
 
 
 def parent_death_signal() -> Callable[[], None] | None:
@@ -268,13 +301,16 @@ class TritonServer:
         repo = Path(self.options.model_repository)
         if not repo.is_dir():
             return ()  # Triton itself reports the bad repository
+        skip = self.options.skip
+        if skip is None:
+            from quorum import config
+
+            skip = optional_skipped(config.load(None, os.environ).get("triton", {}), repo)
         return tuple(
             sorted(
                 p.name
                 for p in repo.iterdir()
-                if p.is_dir()
-                and not p.name.startswith((".", "_"))
-                and p.name not in self.options.skip
+                if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in skip
             )
         )
 

@@ -447,7 +447,7 @@ def test_cli_table_json_and_exit_status(tmp_path: Path) -> None:
 
 def test_quorum_up_skips_optional_models_unless_asked_for() -> None:
     from quorum import config
-    from quorum.mesh import _optional_skipped
+    from quorum.tritonserver import optional_skipped as _optional_skipped
 
     triton = config.load(env={})["triton"]
     repo = default_model_repository()

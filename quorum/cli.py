@@ -16,6 +16,9 @@
                               follow them as they change
     quorum eval               every judge and the ensembles on the held-out labelled sets
     quorum voter fit          fit judge weights and thresholds on held-out texts
+    quorum triton check [REPO]
+                              check a Triton model repository (default: the one `quorum
+                              up` serves) before Triton loads it; exit 1 on errors
 
 ``moderate``, ``complete``, ``usage``, ``cost`` and ``budget`` talk to a running mesh at the
 addresses ``quorum up`` uses by default (override with --router/--voter/--cost); ``--json``
@@ -604,6 +607,19 @@ def cmd_voter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_triton(args: argparse.Namespace) -> int:
+    from quorum import tritoncheck
+    from quorum.tritonserver import default_model_repository
+
+    repo = Path(args.repo) if args.repo else default_model_repository()
+    findings = tritoncheck.check_repository(repo, models=args.model or None)
+    if args.json:
+        print(tritoncheck.findings_json(findings))
+    else:
+        print(tritoncheck.format_findings(findings, repo))
+    return 1 if tritoncheck.errors(findings) else 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 EVAL_SETS = ("toxic", "spam", "chatspam", "injection", "violence", "selfharm", "adult")
@@ -747,6 +763,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--simulated", action="store_true", help="add a simulated remote LLM judge")
     f.add_argument("--concurrency", type=int, default=16)
     f.add_argument("--out", default="voter-fitted.toml", help="where the policy is written")
+
+    triton = sub.add_parser("triton", help="Triton model repository tools")
+    t = triton.add_subparsers(dest="triton_command", required=True)
+    tc = t.add_parser(
+        "check", help="check a model repository (layout, configs, ensembles, backends)"
+    )
+    tc.add_argument("repo", nargs="?", help="default: $QUORUM_TRITON_REPOSITORY or triton/")
+    tc.add_argument(
+        "--model", action="append",
+        help="only this model and the models its ensemble calls (repeatable)",
+    )  # fmt: skip
+    tc.add_argument("--json", action="store_true", help="the findings as JSON")
     return p
 
 
@@ -762,6 +790,7 @@ COMMANDS = {
     "keys": cmd_keys,
     "eval": cmd_eval,
     "voter": cmd_voter,
+    "triton": cmd_triton,
 }
 
 

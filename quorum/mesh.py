@@ -37,6 +37,7 @@ from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
     default_model_repository,
+    optional_skipped,
     parent_death_signal,
 )
 
@@ -184,9 +185,13 @@ class Mesh:
 
         t = self._config["triton"]
         eph = opts.ephemeral_ports
+        repository = default_model_repository()
         self.triton = TritonServer(
             TritonOptions(
-                model_repository=default_model_repository(),
+                model_repository=repository,
+                skip=optional_skipped(t, repository),
+                # routed_chat answers keyless models from the simulator, as the router does
+                env=_triton_env(opts, sim_url),
                 http_port=0 if eph else int(t["http_port"]),
                 grpc_port=0 if eph else int(t["grpc_port"]),
                 metrics_port=0 if eph else int(t["metrics_port"]),
@@ -422,3 +427,14 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _triton_env(opts: MeshOptions, sim_url: str) -> dict[str, str]:
+    """What Triton's Python models read besides the environment: the configuration file, and
+    the simulator for models without their key (routed_chat answers them as the router does)."""
+    env = {}
+    if opts.config_path:
+        env["QUORUM_CONFIG"] = str(Path(opts.config_path).resolve())
+    if sim_url:
+        env["QUORUM_ROUTER__SIMULATOR_URL"] = sim_url
+    return env

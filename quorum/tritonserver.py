@@ -11,6 +11,9 @@ It follows the launch recipe in DESIGN.md ("Triton on CPU"):
   ``LD_LIBRARY_PATH``;
 - every endpoint binds to 127.0.0.1; full model configs (``--disable-auto-complete-config``);
   explicit model control with one ``--load-model`` per model;
+- before launch the models to load (and the models their ensembles call) are checked with
+  :mod:`quorum.tritoncheck`: a broken repository fails at once, with messages that name the
+  model, the field and the fix, instead of somewhere in the server's log;
 - the Python backend's shared-memory regions get a prefix unique to this server, so
   :meth:`TritonServer.stop` removes exactly its own ``/dev/shm`` files (a killed server leaves
   them behind).
@@ -41,12 +44,12 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -54,7 +57,13 @@ from quorum.errors import FailedPrecondition, Unavailable
 from quorum.ids import free_ports
 from quorum.signals import StopSignals
 
-__all__ = ["TritonOptions", "TritonServer", "default_model_repository", "main"]
+__all__ = [
+    "TritonOptions",
+    "TritonServer",
+    "default_model_repository",
+    "main",
+    "optional_skipped",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +96,13 @@ class TritonOptions:
     """How to run one server. A port of 0 means "pick a free loopback port" at start."""
 
     model_repository: Path
-    #: models to load; None loads every model directory in the repository
+    #: models to load; None loads every model directory in the repository but ``skip``
     models: tuple[str, ...] | None = None
+    #: model directories not loaded when ``models`` is None; None: the configuration's
+    #: ``[triton] optional_models`` that ``load_optional`` does not ask for
+    skip: tuple[str, ...] | None = None
+    #: variables added to the server's environment (its Python models read them)
+    env: Mapping[str, str] = field(default_factory=dict)
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -98,6 +112,8 @@ class TritonOptions:
     otlp_schedule_delay_ms: int | None = None
     #: where the server's log goes; None: a file in the server's temporary directory
     log_file: Path | None = None
+    #: check the repository (quorum.tritoncheck) before launching; errors fail the start
+    check_repository: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,32 @@ def _child_env() -> dict[str, str]:
             parts.append(str(libdir))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(parts)
     return env
+
+
+def optional_skipped(triton: Mapping[str, Any], repository: Path) -> tuple[str, ...]:
+    """``[triton] optional_models`` that ``load_optional`` does not ask for, directly or as
+    a step of an ensemble it names: the model folders ``quorum up`` leaves unloaded."""
+    from quorum import tritoncheck
+    from quorum.registry import ConfigError
+
+    optional = _names(triton.get("optional_models", []), "triton.optional_models")
+    wanted = _names(triton.get("load_optional", []), "triton.load_optional")
+    unknown = sorted(set(wanted) - set(optional))
+    if unknown:
+        raise ConfigError(f"triton.load_optional: {unknown} are not in triton.optional_models")
+    if not wanted:
+        return tuple(optional)
+    configs, _ = tritoncheck.load_configs(repository)
+    loaded = set(tritoncheck.models_with_dependencies(configs, wanted))
+    return tuple(m for m in optional if m not in loaded)
+
+
+def _names(value: object, where: str) -> list[str]:
+    from quorum.registry import ConfigError
+
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: a list of model folder names")
+    return list(value)
 
 
 def parent_death_signal() -> Callable[[], None] | None:
@@ -259,11 +301,36 @@ class TritonServer:
         repo = Path(self.options.model_repository)
         if not repo.is_dir():
             return ()  # Triton itself reports the bad repository
+        skip = self.options.skip
+        if skip is None:
+            from quorum import config
+
+            skip = optional_skipped(config.load(None, os.environ).get("triton", {}), repo)
         return tuple(
             sorted(
-                p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+                p.name
+                for p in repo.iterdir()
+                if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in skip
             )
         )
+
+    def _check_repository(self) -> None:
+        from quorum import tritoncheck
+
+        repo = Path(self.options.model_repository)
+        findings = tritoncheck.check_repository(repo, models=self._model_names())
+        for f in findings:
+            if f.severity is not tritoncheck.Severity.ERROR:
+                log.warning("model repository: %s %s: %s (fix: %s)", f.model, f.field,
+                            f.message, f.fix)  # fmt: skip
+        bad = tritoncheck.errors(findings)
+        if bad:
+            raise FailedPrecondition(
+                f"the Triton model repository {repo} has errors (quorum triton check):\n"
+                + "\n".join(f"{f.model or '-'}: {f.field}: {f.message}; fix: {f.fix}" for f in bad),
+                reason="TRITON_REPOSITORY_INVALID",
+                metadata={"models": ",".join(sorted({f.model for f in bad}))},
+            )
 
     def _command(self, dist: _Dist, backend_dir: Path) -> list[str]:
         assert self._ports is not None and self._shm_prefix is not None
@@ -302,13 +369,17 @@ class TritonServer:
     def start(self, timeout_s: float = 120.0) -> None:
         """Launch the server and wait until it is live and every model is ready.
 
-        Raises Unavailable (with the end of the server's log) when the server exits early or
-        is not ready within ``timeout_s``; the server is stopped first.
+        Raises FailedPrecondition (reason ``TRITON_REPOSITORY_INVALID``) without launching
+        anything when the repository check finds errors; Unavailable (with the end of the
+        server's log) when the server exits early or is not ready within ``timeout_s``; the
+        server is stopped first.
         """
         with self._lock:
             if self._proc is not None:
                 raise FailedPrecondition("the Triton server is already started")
             dist = _locate_dist()
+            if self.options.check_repository:
+                self._check_repository()
             _remove_stale_leftovers()
             self._tmpdir = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-"))
             try:
@@ -338,7 +409,7 @@ class TritonServer:
                         stdin=subprocess.DEVNULL,
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
-                        env=_child_env(),
+                        env={**_child_env(), **o.env},
                         cwd=self._tmpdir,
                         start_new_session=True,  # own process group: Ctrl-C hits only us
                         preexec_fn=parent_death_signal(),  # noqa: PLW1509

@@ -14,13 +14,13 @@ from quorum.auth import AuthSettings
 from quorum.errors import InvalidArgument
 from quorum.limits import Limits
 from quorum.metrics import MetricsSettings
-from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
+from quorum.registry import ConfigError, Registry, load_registry
 from quorum.retry import RetryPolicy
 from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
 from quorum.usage import MeterSettings
 from services.router.completion import Moderation, ModerationPolicy
-from services.router.routing import AutoRouting, Rule
+from services.router.routing import AutoRouting, auto_routing
 
 log = logging.getLogger(__name__)
 
@@ -127,38 +127,5 @@ def _tenant(name: object, where: str = "router.moderation_floors") -> str:
 
 
 def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
-    """``[routing]``: the brief's keyword rules; each task must be one a model serves."""
-    r = config.section(data, "routing")
-    unknown = set(r) - {
-        "auto", "fallback_task", "rules", "step_down_at", "step_down_task", "budget_cache_s",
-    }  # fmt: skip
-    if unknown:
-        raise ConfigError(f"routing: unknown keys {sorted(unknown)}")
-    if not r.get("auto", False):
-        return None
-    rules = []
-    for i, rule in enumerate(r.get("rules", [])):
-        where = f"routing.rules[{i}]"
-        if not isinstance(rule, Mapping) or set(rule) != {"task", "keywords"}:
-            raise ConfigError(f"{where}: a table with task and keywords")
-        words = rule["keywords"]
-        if (
-            not isinstance(words, list)
-            or not words
-            or not all(isinstance(w, str) and w for w in words)
-        ):
-            raise ConfigError(f"{where}.keywords: a list of non-empty strings")
-        rules.append(Rule(config.get_str(rule, "task", where), tuple(w.lower() for w in words)))
-    fallback = str(r.get("fallback_task", ""))
-    served = {
-        t for m in registry.models.values() if isinstance(m.backend, OpenAIBackend) for t in m.tasks
-    }
-    unserved = sorted({rule.task for rule in rules} - served | ({fallback} - served - {""}))
-    if unserved:
-        # a registry of one's own need not serve the brief's tasks: those rules are left out
-        # (and an unserved fallback is the default model), said once at start-up
-        log.warning("routing: no model serves %s; those rules are not used", unserved)
-    return AutoRouting(
-        tuple(rule for rule in rules if rule.task in served),
-        fallback if fallback in served else "",
-    )
+    """``[routing]``: the brief's keyword rules (:func:`auto_routing`)."""
+    return auto_routing(data, registry)

@@ -11,13 +11,19 @@ PRICE_NOT_FOUND).
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
+from quorum import config
 from quorum.errors import FailedPrecondition, InvalidArgument
 from quorum.pricing import Price, price_at
-from quorum.registry import ModelSpec, OpenAIBackend, Registry
+from quorum.registry import ConfigError, ModelSpec, OpenAIBackend, Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,46 @@ class AutoRouting:
                 if word in lowered:
                     return rule.task, f"the prompt mentions {word.strip()!r}"
         return self.fallback_task, "no keyword rule matched"
+
+
+def auto_routing(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
+    """``[routing]`` of a configuration: the brief's keyword rules (None when ``auto`` is
+    off); each task must be one a model serves. The router and the Triton ``select_model``
+    model read it here."""
+    r = config.section(data, "routing")
+    unknown = set(r) - {
+        "auto", "fallback_task", "rules", "step_down_at", "step_down_task", "budget_cache_s",
+    }  # fmt: skip
+    if unknown:
+        raise ConfigError(f"routing: unknown keys {sorted(unknown)}")
+    if not r.get("auto", False):
+        return None
+    rules = []
+    for i, rule in enumerate(r.get("rules", [])):
+        where = f"routing.rules[{i}]"
+        if not isinstance(rule, Mapping) or set(rule) != {"task", "keywords"}:
+            raise ConfigError(f"{where}: a table with task and keywords")
+        words = rule["keywords"]
+        if (
+            not isinstance(words, list)
+            or not words
+            or not all(isinstance(w, str) and w for w in words)
+        ):
+            raise ConfigError(f"{where}.keywords: a list of non-empty strings")
+        rules.append(Rule(config.get_str(rule, "task", where), tuple(w.lower() for w in words)))
+    fallback = str(r.get("fallback_task", ""))
+    served = {
+        t for m in registry.models.values() if isinstance(m.backend, OpenAIBackend) for t in m.tasks
+    }
+    unserved = sorted({rule.task for rule in rules} - served | ({fallback} - served - {""}))
+    if unserved:
+        # a registry of one's own need not serve the brief's tasks: those rules are left out
+        # (and an unserved fallback is the default model), said once at start-up
+        log.warning("routing: no model serves %s; those rules are not used", unserved)
+    return AutoRouting(
+        tuple(rule for rule in rules if rule.task in served),
+        fallback if fallback in served else "",
+    )
 
 
 @dataclass(frozen=True)

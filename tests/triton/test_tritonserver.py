@@ -32,7 +32,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from quorum.backends.triton import TritonScorer
-from quorum.errors import DeadlineExceeded, Unavailable
+from quorum.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from quorum.localmodels import nsfw
 from quorum.localmodels.profanity import score_texts
 from quorum.tritonserver import (
@@ -356,10 +356,38 @@ def test_model_that_fails_to_load_raises_unavailable_with_log(tmp_path: Path) ->
 
 
 def test_missing_repository_raises_unavailable_with_log(tmp_path: Path) -> None:
-    srv = TritonServer(TritonOptions(model_repository=tmp_path / "nope"))
+    srv = TritonServer(TritonOptions(model_repository=tmp_path / "nope", check_repository=False))
     with pytest.raises(Unavailable) as info:
         srv.start(timeout_s=60)
     assert "failed to stat" in info.value.message
+
+
+def test_missing_repository_fails_the_check_before_launch(tmp_path: Path) -> None:
+    srv = TritonServer(TritonOptions(model_repository=tmp_path / "nope"))
+    with pytest.raises(FailedPrecondition) as info:
+        srv.start(timeout_s=60)
+    assert info.value.reason == "TRITON_REPOSITORY_INVALID"
+    assert "is not a directory" in info.value.message
+    assert srv.pid is None
+
+
+def test_broken_config_fails_fast_naming_model_field_and_fix(tmp_path: Path) -> None:
+    _write_model(tmp_path, "good", "pass")
+    _write_model(tmp_path, "typo", "pass")
+    config = tmp_path / "typo" / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "typo"', 'name: "tpyo"'))
+    srv = TritonServer(TritonOptions(model_repository=tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(FailedPrecondition) as info:
+        srv.start(timeout_s=60)
+    assert time.monotonic() - t0 < 5  # no server was launched and waited for
+    assert info.value.reason == "TRITON_REPOSITORY_INVALID"
+    assert "typo: name: name is 'tpyo' but the folder is 'typo'" in info.value.message
+    assert 'fix: set name: "typo"' in info.value.message
+    assert srv.pid is None
+    # only the models to load are checked: loading "good" alone starts
+    with TritonServer(TritonOptions(model_repository=tmp_path, models=("good",))) as ok:
+        assert ok.models == ("good",)
 
 
 def test_start_timeout_stops_the_server(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from quorum.errors import QuorumError, ResourceExhausted, Unavailable
@@ -20,6 +21,17 @@ class RetryPolicy:
             return max(float(err.retry_after), 0.0)
         cap = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** (attempt - 1))
         return cap * rand
+
+    def next_wait(
+        self, err: QuorumError, attempt: int, remaining_s: float, rand: float | None = None
+    ) -> float | None:
+        """After failed ``attempt`` (1-based) with ``remaining_s`` of the deadline left: the
+        seconds to wait before trying the same call again, or None when it is not worth it
+        (not :func:`retryable`, no attempts left, or the wait would not fit the deadline)."""
+        if not retryable(err) or attempt >= self.max_attempts:
+            return None
+        wait = self.delay(attempt, err, random.random() if rand is None else rand)
+        return wait if wait < remaining_s else None
 
 
 def retryable(err: QuorumError) -> bool:

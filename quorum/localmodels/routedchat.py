@@ -23,7 +23,6 @@ environment is answered by the provider simulator when ``[router] simulator_url`
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from quorum.backends.openai import OpenAIChat
 from quorum.backends.types import ChatMessage, ChatRequest
 from quorum.errors import DeadlineExceeded, InvalidArgument, QuorumError
 from quorum.registry import OpenAIBackend, Registry, load_registry
-from quorum.retry import RetryPolicy, retryable
+from quorum.retry import RetryPolicy
 from services.router.routing import AutoRouting, auto_routing, choose
 
 __all__ = ["SELECT_AUTO", "Generation", "Generator", "ModelSelector", "resolved_registry"]
@@ -133,10 +132,8 @@ class Generator:
             try:
                 result = await self._chat.complete(backend, request, timeout_s=remaining)
             except QuorumError as err:
-                if not retryable(err) or attempt >= self.retry.max_attempts:
-                    raise
-                wait = self.retry.delay(attempt, err, random.random())
-                if wait >= deadline - time.monotonic():
+                wait = self.retry.next_wait(err, attempt, deadline - time.monotonic())
+                if wait is None:
                     raise
                 await asyncio.sleep(wait)
                 continue

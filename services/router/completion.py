@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -634,10 +633,8 @@ class Completer:
         self, err: QuorumError, attempt: int, deadline: Deadline, spec: ModelSpec
     ) -> bool:
         """Wait and return True when the same model deserves another attempt."""
-        if not retryable(err) or attempt >= self._retry.max_attempts:
-            return False
-        wait = self._retry.delay(attempt, err, random.random())
-        if wait >= deadline.remaining():
+        wait = self._retry.next_wait(err, attempt, deadline.remaining())
+        if wait is None:
             return False
         log.info("%s: %s; attempt %d in %.2fs", spec.name, err.reason, attempt + 1, wait)
         await asyncio.sleep(wait)

@@ -34,6 +34,17 @@ def test_retry_after_wins_over_backoff():
     assert p.delay(10, errors.Unavailable("x"), 0.999) <= 1.0
 
 
+def test_next_wait_only_for_a_retryable_failure_with_attempts_and_time_left():
+    p = RetryPolicy(max_attempts=3, backoff_base_s=0.2, backoff_max_s=1.0)
+    busy = errors.ResourceExhausted("x", retry_after=0.5)
+    assert p.next_wait(busy, 1, remaining_s=2.0) == 0.5
+    assert p.next_wait(busy, 2, remaining_s=2.0) == 0.5
+    assert p.next_wait(busy, 3, remaining_s=2.0) is None  # attempts used up
+    assert p.next_wait(busy, 1, remaining_s=0.5) is None  # the wait would use the deadline up
+    assert p.next_wait(errors.InvalidArgument("x"), 1, remaining_s=9.0) is None
+    assert p.next_wait(errors.Unavailable("x"), 1, remaining_s=9.0, rand=0.5) == pytest.approx(0.1)
+
+
 def test_what_is_retried():
     assert retryable(errors.Unavailable("x"))
     assert retryable(errors.ResourceExhausted("x"))

@@ -37,7 +37,7 @@ class CostSettings:
     limits: ServerLimits = field(default_factory=ServerLimits)
     #: the most usage records the ledger writes in one transaction (group commit)
     max_batch_records: int = DEFAULT_MAX_BATCH
-    #: the most records waiting to be written; past it a record is answered UNAVAILABLE
+    #: the most records waiting to be written; past it a record is answered RESOURCE_EXHAUSTED
     #: (LEDGER_BUSY) at once
     max_queued_records: int = DEFAULT_MAX_QUEUED
     #: the Prometheus scrape endpoint (:mod:`quorum.metrics`)

@@ -13,7 +13,7 @@ queues, so batches grow with the load, and a lone caller waits for no timer (no 
   is logged and fails them with ``INTERNAL``. Either way the writer goes on with the next
   batch.
 - The queue is bounded: past ``max_queued`` jobs waiting (the batches being written not
-  counted), a job fails at once with ``UNAVAILABLE`` (``LEDGER_BUSY``) instead of waiting.
+  counted), a job fails at once with ``RESOURCE_EXHAUSTED`` (``LEDGER_BUSY``) instead of waiting.
 - A job whose caller gave up (cancelled its future) before its batch was taken is dropped;
   once taken it is written all the same (a retry of the caller then finds it stored).
 - :meth:`GroupCommit.close` refuses new jobs (``UNAVAILABLE``, ``LEDGER_UNAVAILABLE``), lets
@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar, cast
 
-from quorum.errors import Internal, QuorumError, Unavailable
+from quorum.errors import Internal, QuorumError, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class GroupCommit(Generic[J, R]):
                 )
             elif len(self._queue) >= self.max_queued:
                 fut.set_exception(
-                    Unavailable(
+                    ResourceExhausted(  # overload: refused at once, not queued without bound
                         f"the usage ledger is busy ({len(self._queue)} records wait to be "
                         "written); try again shortly",
                         reason="LEDGER_BUSY",

@@ -26,7 +26,7 @@ Contract every backend keeps:
   batch are a new record and a duplicate (or ``REQUEST_ID_REUSED``), and one record's error
   is its own and leaves nothing of it written. A storage failure fails every record of the
   batch with ``LEDGER_UNAVAILABLE`` and leaves none of them written (the transaction rolls
-  back); a full queue answers ``UNAVAILABLE`` (``LEDGER_BUSY``) at once. Records that commit
+  back); a full queue answers ``RESOURCE_EXHAUSTED`` (``LEDGER_BUSY``) at once. Records that commit
   together share their ``recorded_at_us``. (Records of one ``record_many`` call larger than
   a batch, written by two writers at once, commit in either order.)
 """

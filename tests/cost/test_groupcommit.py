@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from quorum.errors import FailedPrecondition, Internal, QuorumError, Unavailable
+from quorum.errors import FailedPrecondition, Internal, QuorumError, ResourceExhausted, Unavailable
 from services.cost.groupcommit import GroupCommit
 
 
@@ -132,7 +132,7 @@ async def test_past_the_bound_jobs_fail_at_once_with_ledger_busy(store: Store) -
     await asyncio.sleep(0)
     assert gc.queued == 3
     started = asyncio.get_running_loop().time()
-    with pytest.raises(Unavailable) as info:
+    with pytest.raises(ResourceExhausted) as info:
         await gc.run("one-too-many")
     assert asyncio.get_running_loop().time() - started < 0.1
     assert info.value.reason == "LEDGER_BUSY"
@@ -155,7 +155,7 @@ async def test_run_many_past_the_bound_fails_only_the_jobs_that_do_not_fit(store
     assert await first == "FIRST"
     results = await many
     assert results[:2] == ["A", "B"]
-    assert all(isinstance(r, Unavailable) and r.reason == "LEDGER_BUSY" for r in results[2:])
+    assert all(isinstance(r, ResourceExhausted) and r.reason == "LEDGER_BUSY" for r in results[2:])
     assert store.kept == ["first", "a", "b"]
     await gc.close()
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quorum.errors import FailedPrecondition, QuorumError, Unavailable
+from quorum.errors import FailedPrecondition, QuorumError, ResourceExhausted, Unavailable
 from quorum.ids import free_ports
 from quorum.pgserver import TempPostgres
 from quorum.registry import ConfigError
@@ -493,7 +493,7 @@ async def test_past_its_bound_the_queue_refuses_at_once(store: LedgerStore) -> N
             queued = asyncio.ensure_future(led.record_many([(rec("q1"), ""), (rec("q2"), "")]))
             await asyncio.sleep(0)
             started = time.monotonic()
-            with pytest.raises(Unavailable) as info:
+            with pytest.raises(ResourceExhausted) as info:
                 await led.record(rec("one-too-many"))
             assert time.monotonic() - started < 0.5
             assert info.value.reason == "LEDGER_BUSY"

@@ -3,6 +3,7 @@ environment overrides so tests never collide), grpcurl against it, Ctrl-C stops 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -227,6 +228,59 @@ def test_quorum_up_can_restart_a_part_that_died(tmp_path):
     assert proc.returncode == 0
     for port in ports:
         assert not port_open(port), f"port {port} still open after quorum up stopped"
+
+
+def test_quorum_up_with_keys_end_to_end(tmp_path):
+    """The whole mesh with [auth] on: keys made with `quorum keys create`, the services call
+    each other with the service key, a client's key reaches its own tenant only, and a call
+    without a key is UNAUTHENTICATED; health checks (quorum up's own) need none."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["QUORUM_DATA_DIR"] = str(tmp_path)
+
+    def new_key(*args: str) -> str:
+        done = subprocess.run(
+            [str(BIN / "quorum"), "keys", "create", *args, "--json"],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout)["key"])
+
+    service = new_key("--tenant", "quorum", "--role", "service", "--name", "mesh")
+    acme, other = new_key("--tenant", "acme"), new_key("--tenant", "globex")
+    proc, up_env, _, out = start_up(
+        tmp_path, {"QUORUM_AUTH__ENABLED": "true", "QUORUM_SERVICE_KEY": service}
+    )
+    try:
+        assert "Quorum is up" in "".join(out), "".join(out)
+
+        def cli(*args: str, key: str | None) -> subprocess.CompletedProcess[str]:
+            call_env = {k: v for k, v in up_env.items() if k != "QUORUM_API_KEY"}
+            if key is not None:
+                call_env["QUORUM_API_KEY"] = key
+            return subprocess.run(
+                [str(BIN / "quorum"), *args], capture_output=True, text=True, timeout=60,
+                env=call_env,
+            )  # fmt: skip
+
+        done = cli("complete", "hello from acme", "--json", key=acme)
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        assert answer["usageRecorded"] is True  # the router's service key reached the cost service
+        assert answer["inputModeration"]["isSafe"] is True  # and the voter
+        anonymous = cli("complete", "hello", key=None)
+        assert anonymous.returncode != 0 and "UNAUTHENTICATED" in anonymous.stderr
+        usage = json.loads(cli("usage", "--json", key=acme).stdout)
+        assert int(usage["requests"]) >= 1  # acme sees its own call
+        theirs = json.loads(cli("usage", "--json", key=other).stdout)
+        assert int(theirs["requests"]) == 0  # globex sees none of acme's
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0
 
 
 def test_quorum_up_with_mutual_tls_end_to_end(tmp_path):

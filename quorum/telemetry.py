@@ -40,6 +40,14 @@ def export_enabled(env: Mapping[str, str]) -> bool:
     )
 
 
+def capture_content(env: Mapping[str, str]) -> bool:
+    """Whether the operator opted in to prompts and answers on the model calls' spans: the
+    OpenTelemetry GenAI variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``
+    (off by default: content is the users' data)."""
+    value = env.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+    return value.strip().lower() in ("true", "1", "yes")
+
+
 def traces_url(env: Mapping[str, str]) -> str | None:
     """The OTLP/HTTP traces URL the environment names (for Triton's own exporter)."""
     if not export_enabled(env):

@@ -8,7 +8,8 @@ connect/read/write/pool timeouts. Retries are the caller's business (see
 
 Errors are :mod:`quorum.errors` only, with messages written here that name the provider, the
 model and the HTTP status; a provider's body is never read into an error (it may hold
-secrets), and neither the key nor the prompt goes into an error, a log line or a span. Each
+secrets), and neither the key nor the prompt goes into an error, a log line or a span (the
+prompt and answer only when the operator opts in: ``capture_content``). Each
 error has ``metadata`` ``provider``, ``model`` and, when a response arrived, ``http_status``.
 
     ===========================================  ==================  ============================
@@ -123,6 +124,10 @@ class OpenAIChat:
 
     ``tracer_provider`` is optional (default: the global one), like OpenTelemetry
     instrumentations take it, so tests can trace without touching global state.
+    ``capture_content``: the operator's opt-in (:func:`quorum.telemetry.capture_content`) to
+    put the messages and the answer on the span (``gen_ai.input.messages``,
+    ``gen_ai.output.messages``, and ``input.value``/``output.value`` for OpenInference
+    dashboards such as Phoenix), each clipped to :data:`MAX_CONTENT_CHARS`; off, no content.
     """
 
     def __init__(
@@ -131,10 +136,12 @@ class OpenAIChat:
         env: Mapping[str, str],
         *,
         tracer_provider: TracerProvider | None = None,
+        capture_content: bool = False,
     ) -> None:
         self._client = client
         self._env = env
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self._content = capture_content
 
     # -- public ----------------------------------------------------------------------------
 
@@ -160,6 +167,8 @@ class OpenAIChat:
         _finish_span(
             span, result.provider_model, result.usage, result.usage_reported, result.finish_reason
         )
+        if self._content:
+            _answer_on(span, result.text, result.finish_reason)
         span.end()
         return result
 
@@ -213,6 +222,14 @@ class OpenAIChat:
             attrs["server.address"] = url.hostname
         if url.port:
             attrs["server.port"] = url.port
+        if self._content:
+            messages = [
+                {"role": m.role, "parts": [{"type": "text", "content": m.content}]}
+                for m in request.messages
+            ]
+            attrs["gen_ai.input.messages"] = _clip(json.dumps(messages, ensure_ascii=False))
+            attrs["input.value"] = attrs["gen_ai.input.messages"]
+            attrs["input.mime_type"] = "application/json"
         return self._tracer.start_span(f"chat {call.model}", kind=SpanKind.CLIENT, attributes=attrs)
 
     async def _send(
@@ -304,6 +321,7 @@ class OpenAIChat:
             usage: TokenUsage | None = None
             model = call.model
             done = False
+            answer: list[str] = []  # kept only to put on the span (capture_content)
             while not done:
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -339,12 +357,16 @@ class OpenAIChat:
                     if fr:
                         finish = fr
                     if delta:
+                        if self._content:
+                            answer.append(delta)
                         yield ChatChunk(delta=delta)
             if not done:
                 raise call.interrupted("ended without [DONE]")
             reported = usage is not None
             last_usage = usage or TokenUsage()
             _finish_span(span, model, last_usage, reported, finish or "")
+            if self._content:
+                _answer_on(span, "".join(answer), finish or "")
             span.end()
             yield ChatChunk(
                 delta="",
@@ -644,6 +666,28 @@ def _finish_span(
         span.set_attribute("quorum.usage_reported", False)
     if finish_reason:
         span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
+
+
+#: the most characters of content (each of the messages and the answer) a span holds
+MAX_CONTENT_CHARS = 16_000
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS] + "…[clipped]"
+
+
+def _answer_on(span: Span, text: str, finish_reason: str) -> None:
+    """The answer as content attributes (the operator opted in)."""
+    output = [
+        {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": text}],
+            "finish_reason": finish_reason or "stop",
+        }
+    ]
+    span.set_attribute("gen_ai.output.messages", _clip(json.dumps(output, ensure_ascii=False)))
+    span.set_attribute("output.value", _clip(text))
+    span.set_attribute("output.mime_type", "text/plain")
 
 
 def _fail_span(span: Span, err: QuorumError) -> None:

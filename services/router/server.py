@@ -12,7 +12,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quorum import channels, metrics, tokens
+from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
@@ -54,7 +54,7 @@ async def create(
     await asyncio.to_thread(tokens.warm)
     completer = Completer(
         settings.registry,
-        OpenAIChat(http, os.environ),
+        OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ)),
         VoterClient(voter_channel),
         meter,
         retry=settings.retry,

@@ -12,7 +12,7 @@ import grpc
 import httpx
 from tritonclient.grpc import aio as triton_aio
 
-from quorum import channels, metrics, tokens
+from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.coalesce import CoalescingScorer
 from quorum.backends.openai import OpenAIChat
 from quorum.cost.v1 import cost_pb2_grpc
@@ -48,7 +48,7 @@ async def create(
     )
     metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
-    chat = OpenAIChat(http, os.environ)
+    chat = OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ))
     scorer = CoalescingScorer(triton)  # concurrent texts to one model: one inference
 
     judges = build_judges(settings.registry, scorer, chat, meter)

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
+from quorum import telemetry
 from quorum.backends.openai import OpenAIChat, parse_retry_after
 from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.errors import (
@@ -477,6 +478,47 @@ async def test_span_and_traceparent(
         format_span_id(ctx.span_id),
     )
     assert int(flags, 16) & 0x01  # sampled
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
+async def test_content_on_the_span_only_when_the_operator_opts_in(
+    client: httpx.AsyncClient,
+    backend: OpenAIBackend,
+    tracing: tuple[TracerProvider, InMemorySpanExporter],
+    streaming: bool,
+) -> None:
+    provider, exporter = tracing
+    for opted_in in (False, True):
+        exporter.clear()
+        adapter = OpenAIChat(
+            client, {KEY_ENV: FAKE_KEY}, tracer_provider=provider, capture_content=opted_in
+        )
+        if streaming:
+            text = "".join(c.delta for c in await collect(adapter, backend))
+        else:
+            text = (await adapter.complete(backend, REQUEST, timeout_s=5)).text
+        span = only_chat_span(exporter)
+        attrs = dict(span.attributes or {})
+        if not opted_in:
+            assert_no_secrets_in(span)
+            assert not any("messages" in k or k.endswith(".value") for k in attrs)
+            continue
+        sent = json.loads(str(attrs["gen_ai.input.messages"]))
+        assert sent == [{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}]
+        assert attrs["input.value"] == attrs["gen_ai.input.messages"]
+        (answer,) = json.loads(str(attrs["gen_ai.output.messages"]))
+        assert answer["role"] == "assistant" and answer["finish_reason"] == "stop"
+        assert answer["parts"] == [{"type": "text", "content": text}]
+        assert attrs["output.value"] == text and text.startswith("[simulated")
+        assert FAKE_KEY not in span.to_json()  # content, never the key
+
+
+def test_capture_content_follows_the_genai_variable() -> None:
+    var = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+    assert not telemetry.capture_content({})
+    assert not telemetry.capture_content({var: "false"})
+    assert telemetry.capture_content({var: "true"})
+    assert telemetry.capture_content({var: "TRUE"})
 
 
 async def test_error_span(

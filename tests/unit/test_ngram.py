@@ -41,6 +41,18 @@ def test_features_are_sparse_unit_rows_and_the_same_every_time() -> None:
     assert (ngram.featurize([SPAM.lower()]) != x[1]).nnz == 0
 
 
+def test_features_equal_the_hashing_vectorizers() -> None:
+    """featurize calls the vectorizer's hashing core itself (its transform costs ~2 ms a call
+    in checks): the same matrix, to float32 rounding, for all kinds of text."""
+    texts = ["you are an idiot", "", " ", "a", "Hello, WORLD!! 😀", "ＦＵＬＬ width", "x" * 5000]
+    texts += ["\n".join(["línea", "Жж", "漢字 かな", "tab\there"]), "spam spam spam http://x.y/z"]
+    ours = ngram.featurize(texts)
+    theirs = ngram._vectorizer().transform(texts)
+    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == np.float32
+    assert (ours != theirs).nnz == 0 or abs(ours - theirs).max() < 1e-6
+    assert ours.nnz == theirs.nnz
+
+
 def test_the_committed_heads_cover_every_category_with_cutoffs_in_range(heads: Heads) -> None:
     assert set(heads.categories) == {
         "hate",

@@ -7,8 +7,8 @@ calls to that model are running, queues the next ones; when one returns, everyth
 load Triton gets a few large requests instead of many small ones, which costs the voter far
 less CPU per text (the dynamic batcher in Triton then sees whole batches). One call in flight
 per model is the default: the voter is busier than Triton, so a second call in flight only
-halves the batches (at 32 texts in flight it cost the voter ~20% more CPU a text, and its
-latency at 4 in flight was no better).
+halves the batches (measured: more of the voter's CPU a text at 32 texts in flight, and no
+better latency at 4).
 
 Every request gets a ``triton queue <model>`` span; the merged call (``triton infer``, and
 Triton's own spans) runs in the context of the first request in it, so it belongs to that

@@ -1,6 +1,8 @@
 # One-command set-up: every target below creates .venv and installs the project first.
 #   make demo   start the mesh on the embedded defaults, run the examples, stop it
 #   make test   generated-code drift, lint, types, the whole test suite (what CI runs)
+#   make phoenix       Arize Phoenix (a tracing UI) on http://127.0.0.1:6006, from its own venv
+#   make phoenix-test  the mesh's traces read back from a real Phoenix (not part of make test)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,8 +10,12 @@ BIN := $(VENV)/bin
 BUF_VERSION := 1.75.0
 TOOLS := .tools
 NODE_EXAMPLE := examples/node
+# Arize Phoenix in a venv of its own: it needs numpy 2 (pyarrow), the Triton stub numpy < 2,
+# and it brings a pytest plugin that would load into every test run (~860 MB, 2-4 min)
+PHOENIX_VERSION := 20.26.1
+PHOENIX_VENV := .quorum/phoenix-venv
 
-.PHONY: setup demo up test lint protos examples bench clean
+.PHONY: setup demo up test lint protos examples bench clean phoenix-setup phoenix phoenix-test
 
 setup: $(VENV)/.installed $(TOOLS)/.buf-$(BUF_VERSION) $(TOOLS)/googleapis/google/rpc/status.proto
 
@@ -48,6 +54,21 @@ $(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package.json $(NODE_EXA
 	else \
 		echo "npm not found: the Node example's packages are not installed (its test skips)"; \
 	fi
+
+phoenix-setup: $(PHOENIX_VENV)/.installed
+
+$(PHOENIX_VENV)/.installed: constraints-phoenix.txt
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-c constraints-phoenix.txt arize-phoenix==$(PHOENIX_VERSION)
+	@touch $@
+
+# Phoenix on loopback until Ctrl-C: UI and OTLP/HTTP on :6006, data in .quorum/phoenix
+phoenix: phoenix-setup
+	$(PHOENIX_VENV)/bin/python scripts/phoenix_serve.py
+
+phoenix-test: setup phoenix-setup
+	$(BIN)/pytest -m phoenix
 
 demo: setup
 	$(BIN)/quorum demo

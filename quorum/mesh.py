@@ -2,6 +2,10 @@
 voter and router services, each its own process. Used by ``quorum up``, ``quorum demo`` and
 the end-to-end tests.
 
+When span export is on (``OTEL_EXPORTER_OTLP_ENDPOINT``), Triton exports to an
+:class:`~quorum.otlprelay.OtlpRelay` that runs in this process and forwards its spans to the
+traces endpoint as protobuf (Triton itself sends JSON, which some receivers refuse).
+
 Services start in dependency order (simulator → Triton → cost → voter → router); each is
 ready when it has printed its address and its health service says SERVING. :meth:`Mesh.stop`
 stops them in reverse order with SIGTERM (a graceful drain), then SIGKILL after a grace time.
@@ -31,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from quorum import config, telemetry
 from quorum.errors import Unavailable
 from quorum.ids import free_ports
+from quorum.otlprelay import OtlpRelay
 from quorum.registry import OpenAIBackend, load_registry
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
@@ -90,6 +95,8 @@ class Mesh:
         #: generative models whose answers are simulated (no API key)
         self.simulated_models: tuple[str, ...] = ()
         self.triton: TritonServer | None = None
+        #: relays Triton's spans (JSON) to the traces endpoint as protobuf; None: no export
+        self.relay: OtlpRelay | None = None
         self._children: list[_Child] = []
         self._config = config.load(options.config_path, options.env)
 
@@ -183,6 +190,10 @@ class Mesh:
             sim_url = child.address
             self.simulated_models = missing
 
+        upstream = telemetry.traces_url(opts.env)
+        if upstream:
+            self.relay = OtlpRelay(upstream, headers=telemetry.traces_headers(opts.env)).start()
+
         t = self._config["triton"]
         eph = opts.ephemeral_ports
         repository = default_model_repository()
@@ -195,7 +206,7 @@ class Mesh:
                 http_port=0 if eph else int(t["http_port"]),
                 grpc_port=0 if eph else int(t["grpc_port"]),
                 metrics_port=0 if eph else int(t["metrics_port"]),
-                otlp_traces_url=telemetry.traces_url(opts.env),
+                otlp_traces_url=self.relay.url if self.relay else None,
                 otlp_schedule_delay_ms=_int_or_none(opts.env.get("OTEL_BSP_SCHEDULE_DELAY")),
                 log_file=self.log_dir / "triton.log",
             )
@@ -345,6 +356,9 @@ class Mesh:
         if self.triton is not None:
             self.triton.stop()
             self.triton = None
+        if self.relay is not None:  # after Triton: its last spans go out as it stops
+            self.relay.stop()
+            self.relay = None
 
     def restart(self, name: str, timeout_s: float = 60.0) -> None:
         """Start the part called ``name`` again (one that stopped on its own), on the same

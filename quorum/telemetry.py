@@ -57,6 +57,16 @@ def traces_url(env: Mapping[str, str]) -> str | None:
     return env["OTEL_EXPORTER_OTLP_ENDPOINT"].rstrip("/") + "/v1/traces"
 
 
+def traces_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """The headers the environment asks every traces export to carry
+    (``OTEL_EXPORTER_OTLP_TRACES_HEADERS``, else ``OTEL_EXPORTER_OTLP_HEADERS``: ``k=v,k2=v2``,
+    URL-encoded), e.g. an API key. Secrets: never log them."""
+    from opentelemetry.util.re import parse_env_headers
+
+    value = env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS")
+    return dict(parse_env_headers(value, liberal=True)) if value else {}
+
+
 def setup(
     service: str,
     env: Mapping[str, str] | None = None,

@@ -163,6 +163,7 @@ class OtlpReceiver:
         self._changed = threading.Condition(self._lock)
         self._spans: list[Span] = []
         self._requests: list[tuple[str, str]] = []  # (path, content type)
+        self._bodies: list[tuple[str, bytes]] = []  # (content type, body unzipped)
         self._errors: list[str] = []
 
     @property
@@ -228,6 +229,7 @@ class OtlpReceiver:
                 error = f"{content_type}: {exc!r}"
         with self._changed:
             self._requests.append((path, content_type))
+            self._bodies.append((content_type, body))
             self._spans.extend(spans)
             if error:
                 self._errors.append(error)
@@ -243,6 +245,11 @@ class OtlpReceiver:
         with self._lock:
             return list(self._requests)
 
+    def bodies(self) -> list[tuple[str, bytes]]:
+        """``(content type, body)`` of every request received so far (gzip undone)."""
+        with self._lock:
+            return list(self._bodies)
+
     def errors(self) -> list[str]:
         """Bodies that could not be parsed."""
         with self._lock:
@@ -252,6 +259,7 @@ class OtlpReceiver:
         with self._lock:
             self._spans.clear()
             self._requests.clear()
+            self._bodies.clear()
             self._errors.clear()
 
     def wait_for_spans(

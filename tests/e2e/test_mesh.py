@@ -268,6 +268,8 @@ def test_one_trace_across_router_voter_triton_http_and_cost(router, rx):
     assert not [s for s in spans if "Health" in s["name"] or "ModelReady" in s["name"]]
     # the HTTP request itself carried the trace to the provider
     assert any(r.traceparent and trace_id in r.traceparent for r in _sim_requests(router))
+    # Triton's JSON went through the mesh's relay: the receiver got protobuf only
+    assert {ctype for path, ctype in rx.requests()} == {"application/x-protobuf"}
 
 
 def _sim_requests(router):

@@ -35,6 +35,7 @@ from quorum.backends.triton import TritonScorer
 from quorum.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from quorum.localmodels import nsfw
 from quorum.localmodels.profanity import score_texts
+from quorum.otlprelay import OtlpRelay
 from quorum.tritonserver import (
     SHM_DIR,
     TritonOptions,
@@ -517,6 +518,39 @@ async def test_scorer_span_sits_between_caller_and_triton(
     content_types = {ctype for path, ctype in receiver.requests() if path == "/v1/traces"}
     assert "application/x-protobuf" in content_types  # the Python SDK's exporter
     assert receiver.errors() == []
+
+
+async def test_triton_spans_reach_a_protobuf_receiver_through_the_relay() -> None:
+    # Triton → OtlpRelay → receiver: only protobuf arrives, each trace continued as sent
+    with OtlpReceiver() as rx, OtlpRelay(rx.url) as relay:
+        options = TritonOptions(
+            model_repository=default_model_repository(),
+            models=(MODEL,),
+            otlp_traces_url=relay.url,
+            otlp_schedule_delay_ms=100,
+        )
+        # Triton now and then starts a trace of its own (see above): three calls
+        calls = [(secrets.token_hex(16), secrets.token_hex(8)) for _ in range(3)]
+        with TritonServer(options) as srv:
+            async with InferenceServerClient(srv.grpc_address) as client:
+                for trace_id, caller in calls:
+                    tensor = InferInput("TEXT", [1, 1], "BYTES")
+                    tensor.set_data_from_numpy(np.array([[POLITE.encode()]], dtype=object))
+                    headers = {"traceparent": f"00-{trace_id}-{caller}-01"}
+                    await client.infer(MODEL, [tensor], client_timeout=10, headers=headers)
+
+            def complete(spans: list[Span]) -> bool:
+                return any(_has_model_span(t)(spans) for t, _ in calls)
+
+            spans = await asyncio.to_thread(rx.wait_for_spans, complete, 15)
+        assert complete(spans), spans
+        for trace_id, caller in calls:
+            if _has_model_span(trace_id)(spans):
+                assert _root(_triton_spans(spans, trace_id))["parent_span_id"] == caller
+        assert {ctype for _, ctype in rx.requests()} == {"application/x-protobuf"}
+        assert rx.errors() == []
+        assert relay.stats.forwarded >= 1
+        assert (relay.stats.rejected, relay.stats.dropped, relay.stats.failed) == (0, 0, 0)
 
 
 async def test_failed_call_marks_span_with_error_type(receiver: OtlpReceiver) -> None:

@@ -41,7 +41,7 @@ QUORUM = str(Path(sys.executable).parent / "quorum")
 def start_quorum_up(
     data_dir: Path, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], dict[str, str], float]:
-    router, voter, cost, th, tg, tm, sim = free_ports(7)
+    router, voter, cost, th, tg, tm, sim, m_router, m_voter, m_cost = free_ports(10)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env |= extra_env or {}
     env |= {
@@ -53,6 +53,10 @@ def start_quorum_up(
         "QUORUM_TRITON__GRPC_PORT": str(tg),
         "QUORUM_TRITON__METRICS_PORT": str(tm),
         "QUORUM_SIMULATOR__PORT": str(sim),
+        # metrics served as by default, on free ports (another mesh may hold the defaults)
+        "QUORUM_ROUTER__METRICS_ADDRESS": f"127.0.0.1:{m_router}",
+        "QUORUM_VOTER__METRICS_ADDRESS": f"127.0.0.1:{m_voter}",
+        "QUORUM_COST__METRICS_ADDRESS": f"127.0.0.1:{m_cost}",
     }
     t = time.perf_counter()
     proc = subprocess.Popen(

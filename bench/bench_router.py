@@ -142,7 +142,12 @@ def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[byte
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    env |= {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        # no keys, like the mesh it is compared with (both on loopback)
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    }
     proc = subprocess.Popen(
         [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
          "--port", str(port), "--num_workers", "1"],

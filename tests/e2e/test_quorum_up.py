@@ -70,6 +70,19 @@ def start_up(
     return proc, env, ports, out
 
 
+def ctrl_c(proc: subprocess.Popen[str], timeout_s: float = 60) -> str:
+    """Stop `quorum up` as a person does (SIGINT), killing it all if it does not stop in
+    time; its remaining output."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        rest, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"quorum up did not stop within {timeout_s:g} s of Ctrl-C")
+    return str(rest)
+
+
 def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
     proc, env, ports, out = start_up(tmp_path)
     router, voter, cost, t_http, t_grpc, t_metrics, sim, m_router, m_voter, m_cost = ports
@@ -129,13 +142,7 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
         assert "nsfw-check [triton]" in moderated.stdout
         assert "simulated" not in moderated.stdout  # no simulated judge ever votes
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rest, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            pytest.fail("quorum up did not stop within 30 s of Ctrl-C")
+        rest = ctrl_c(proc, 30)
     assert proc.returncode == 0, "".join(out) + rest
     for port in (router, voter, cost, t_http, t_grpc, t_metrics, sim):
         assert not port_open(port), f"port {port} still open after quorum up stopped"
@@ -219,12 +226,7 @@ def test_quorum_up_can_restart_a_part_that_died(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        ctrl_c(proc)
     assert proc.returncode == 0
     for port in ports:
         assert not port_open(port), f"port {port} still open after quorum up stopped"
@@ -274,12 +276,7 @@ def test_quorum_up_with_keys_end_to_end(tmp_path):
         theirs = json.loads(cli("usage", "--json", key=other).stdout)
         assert int(theirs["requests"]) == 0  # globex sees none of acme's
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        ctrl_c(proc)
     assert proc.returncode == 0
 
 
@@ -316,10 +313,5 @@ def test_quorum_up_with_mutual_tls_end_to_end(tmp_path):
         )  # fmt: skip
         assert plain.returncode != 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        ctrl_c(proc)
     assert proc.returncode == 0

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -189,6 +190,28 @@ async def test_a_record_whose_reservation_is_gone_is_billed_without_it(tmp_path:
         await close()
 
 
+@asynccontextmanager
+async def servicer_of(
+    kind: type[CostServicer], tmp_path: Path
+) -> AsyncIterator[cost_pb2_grpc.CostServiceStub]:
+    """A cost server in process whose servicer is ``kind`` (the real one, or one changed for a
+    test) on a real SQLite ledger, and a stub to it."""
+    ledger = await SqliteLedger.open(tmp_path / "ledger.sqlite3")
+    servicer = kind(cost_settings(tmp_path).registry, ledger)
+    server, port, _ = create_server(
+        "127.0.0.1:0",
+        lambda s: cost_pb2_grpc.add_CostServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
+        [SERVICE_NAME],
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield cost_pb2_grpc.CostServiceStub(ch)
+    finally:
+        await server.stop(None)
+        await ledger.close()
+
+
 class OlderCostServicer(CostServicer):
     """The cost service as it was before RecordUsageBatch: the generated base answers
     UNIMPLEMENTED for it."""
@@ -199,31 +222,17 @@ class OlderCostServicer(CostServicer):
 async def test_an_older_cost_service_gets_the_records_one_by_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = cost_settings(tmp_path)
-    ledger = await SqliteLedger.open(tmp_path / "ledger.sqlite3")
-    servicer = OlderCostServicer(settings.registry, ledger)
-    server, port, _ = create_server(
-        "127.0.0.1:0",
-        lambda s: cost_pb2_grpc.add_CostServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
-        [SERVICE_NAME],
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            meter = Meter(stub, tmp_path / "j", source="router")
-            await meter.start()
-            try:
-                charges = await settle(meter, [f"k{i}" for i in range(20)])
-                assert all(await asyncio.gather(*(c.recorded(5) for c in charges)))
-                more = await settle(meter, ["k20"])
-                assert await more[0].recorded(5)
-            finally:
-                await meter.stop()
-            assert (await summary(stub)).requests == 21
-    finally:
-        await server.stop(None)
-        await ledger.close()
+    async with servicer_of(OlderCostServicer, tmp_path) as stub:
+        meter = Meter(stub, tmp_path / "j", source="router")
+        await meter.start()
+        try:
+            charges = await settle(meter, [f"k{i}" for i in range(20)])
+            assert all(await asyncio.gather(*(c.recorded(5) for c in charges)))
+            more = await settle(meter, ["k20"])
+            assert await more[0].recorded(5)
+        finally:
+            await meter.stop()
+        assert (await summary(stub)).requests == 21
     assert not meter.rejected_path.exists()
     warned = [r for r in caplog.records if "no RecordUsageBatch" in r.getMessage()]
     assert len(warned) == 1  # asked once, then remembered
@@ -249,48 +258,34 @@ class SlowReserveCostServicer(CostServicer):
 async def test_a_reservation_waits_no_longer_than_the_call_has(
     tmp_path: Path, hold_s: float, outcome: str
 ) -> None:
-    settings = cost_settings(tmp_path)
-    ledger = await SqliteLedger.open(tmp_path / "ledger.sqlite3")
-    servicer = SlowReserveCostServicer(settings.registry, ledger)
-    server, port, _ = create_server(
-        "127.0.0.1:0",
-        lambda s: cost_pb2_grpc.add_CostServiceServicer_to_server(servicer, s),  # type: ignore[no-untyped-call]
-        [SERVICE_NAME],
-    )
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            await stub.SetBudget(
-                cost_pb2.SetBudgetRequest(
-                    budget=cost_pb2.Budget(
-                        tenant="acme", limit=common_pb2.Money(micros=10**9, currency="USD")
-                    )
-                ),
-                timeout=5,
-            )
-            meter = Meter(
-                stub, tmp_path / "j", source="router", settings=MeterSettings(reserve_timeout_s=0.3)
-            )
-            await meter.start()
-            try:
-                begin = meter.begin(
-                    "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                    budget=Budgeted(10, 100, hold_s),
-                )  # fmt: skip
-                t0 = asyncio.get_running_loop().time()
-                if outcome == "out of time":
-                    with pytest.raises(DeadlineExceeded) as e:
-                        await begin
-                    assert e.value.reason == "DEADLINE_EXCEEDED"
-                else:  # on_budget_unavailable = "allow": made, unreserved
-                    charge = await begin
-                    assert charge.intent.reservation_id == ""
-                    charge.settle(10, 20)
-                elapsed = asyncio.get_running_loop().time() - t0
-                assert elapsed < min(hold_s, 0.3) + 0.25
-            finally:
-                await meter.stop()
-    finally:
-        await server.stop(None)
-        await ledger.close()
+    async with servicer_of(SlowReserveCostServicer, tmp_path) as stub:
+        await stub.SetBudget(
+            cost_pb2.SetBudgetRequest(
+                budget=cost_pb2.Budget(
+                    tenant="acme", limit=common_pb2.Money(micros=10**9, currency="USD")
+                )
+            ),
+            timeout=5,
+        )
+        meter = Meter(
+            stub, tmp_path / "j", source="router", settings=MeterSettings(reserve_timeout_s=0.3)
+        )
+        await meter.start()
+        try:
+            begin = meter.begin(
+                "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                budget=Budgeted(10, 100, hold_s),
+            )  # fmt: skip
+            t0 = asyncio.get_running_loop().time()
+            if outcome == "out of time":
+                with pytest.raises(DeadlineExceeded) as e:
+                    await begin
+                assert e.value.reason == "DEADLINE_EXCEEDED"
+            else:  # on_budget_unavailable = "allow": made, unreserved
+                charge = await begin
+                assert charge.intent.reservation_id == ""
+                charge.settle(10, 20)
+            elapsed = asyncio.get_running_loop().time() - t0
+            assert elapsed < min(hold_s, 0.3) + 0.25
+        finally:
+            await meter.stop()

@@ -62,13 +62,19 @@ class TaskClassifier:
         return TaskGuess(task, scores[task])
 
     async def check(self) -> bool:
-        """Whether the model is ready (at start-up: it also opens the connection, so that the
-        first request does not pay for it). Logged when it is not; never raises."""
-        ready = await self._scorer.is_ready(self.settings.model, timeout_s=2.0)
-        if not ready:
+        """Whether the model answers: one call at start-up, with up to 2 s, which also opens
+        the connection, so that the first request does not pay for it. Logged when it does
+        not; never raises."""
+        s = self.settings
+        try:
+            await self._scorer.score_categories(s.model, ["warm up"], s.tasks, timeout_s=2.0)
+        except QuorumError as err:
             log.warning(
-                "the prompt classifier %s is not ready at start-up; the keyword rules route "
-                "until it is",
-                self.settings.model,
+                "the prompt classifier %s does not answer at start-up (%s); the keyword rules "
+                "route until it does",
+                s.model,
+                err.reason,
             )
-        return ready
+            self._failing = True
+            return False
+        return True

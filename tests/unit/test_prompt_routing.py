@@ -118,7 +118,7 @@ def test_the_classifier_settings_come_from_routing() -> None:
     assert auto is not None
     assert auto.classifier == PromptClassifier(
         model="prompt_task", tasks=("code", "quick", "analysis", "complex"),
-        min_confidence=0.58, timeout_s=0.02,
+        min_confidence=TaskHead.load(HEAD).min_confidence, timeout_s=0.02,
     )  # fmt: skip
     assert settings(classifier=True).triton_address == "127.0.0.1:50061"
     # automatic routing off: no classifier either
@@ -241,7 +241,9 @@ async def test_an_unreachable_classifier_is_no_answer_logged_once(caplog) -> Non
             for _ in range(3):
                 assert await classifier.guess("hello", Deadline.after(5.0)) is None
             assert not await classifier.check()
-        answered = [r for r in caplog.records if "did not answer" in r.getMessage()]
-        assert len(answered) == 1 and "TRITON_UNAVAILABLE" in answered[0].getMessage()
+        logged = [r.getMessage() for r in caplog.records]
+        answered = [m for m in logged if "did not answer" in m]
+        assert len(answered) == 1 and "TRITON_UNAVAILABLE" in answered[0]
+        assert any("does not answer at start-up" in m for m in logged)
     finally:
         await client.close()

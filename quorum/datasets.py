@@ -83,15 +83,18 @@ __all__ = [
     "MAX_EMAIL_CHARS",
     "NAMES",
     "PACKAGED",
+    "ROUTING_TASKS",
     "SPLITS",
     "WRITTEN",
     "DatasetNotFetched",
     "Example",
     "FetchError",
+    "TaskExample",
     "default_cache_dir",
     "email_text",
     "fetch",
     "load",
+    "load_routing",
     "main",
 ]
 
@@ -104,6 +107,10 @@ SPLITS = ("train", "test")
 MAX_EMAIL_CHARS = 4000
 #: share of a hash-split set that goes to train
 TRAIN_SHARE = 0.8
+#: the router's prompt tasks (``data/routing_prompts.csv``; the brief's task map), and the share
+#: of those prompts that goes to train, split by hash like toxic and spam
+ROUTING_TASKS = ("code", "quick", "analysis", "complex")
+ROUTING_TRAIN_SHARE = 0.7
 #: bump when the cached files change shape or content rules: older caches must be re-fetched
 CACHE_FORMAT = 1
 
@@ -172,9 +179,9 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(_key(text).encode("utf-8")).digest()
 
 
-def _hash_split(text: str) -> str:
+def _hash_split(text: str, train_share: float = TRAIN_SHARE) -> str:
     fraction = int.from_bytes(_digest(text)[:8], "big") / 2**64
-    return "train" if fraction < TRAIN_SHARE else "test"
+    return "train" if fraction < train_share else "test"
 
 
 # --- load ----------------------------------------------------------------------------------
@@ -219,6 +226,35 @@ def _load_written(name: str, split: str) -> list[Example]:
                 raise ValueError(f"{path} row {row_no}: needs a text, label 0/1, split train/test")
             if row_split == split:
                 out.append(Example(text.strip(), int(label), f"data/{name}.csv#{row_no}"))
+    return out
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """One prompt of the router's set and the task it is (one of :data:`ROUTING_TASKS`)."""
+
+    text: str
+    task: str
+    source: str
+
+
+def load_routing(split: str) -> list[TaskExample]:
+    """The prompts of ``data/routing_prompts.csv`` (``text,task``) in ``split``, in file order.
+    A prompt's split is the SHA-256 of its normalised text (as for toxic and spam) with
+    :data:`ROUTING_TRAIN_SHARE` going to train: fixed, and the same on every machine."""
+    _check_split(split)
+    path = _written_dir() / "routing_prompts.csv"
+    out: list[TaskExample] = []
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = _read_csv(f)
+        if reader.fieldnames != ["text", "task"]:
+            raise ValueError(f"{path}: the header must be text,task")
+        for row_no, row in enumerate(reader, start=1):
+            text, task = row["text"], row["task"]
+            if not text or not text.strip() or task not in ROUTING_TASKS:
+                raise ValueError(f"{path} row {row_no}: needs a text and one of {ROUTING_TASKS}")
+            if _hash_split(text, ROUTING_TRAIN_SHARE) == split:
+                out.append(TaskExample(text.strip(), task, f"data/routing_prompts.csv#{row_no}"))
     return out
 
 

@@ -45,6 +45,7 @@ from quorum.tritonserver import (
     optional_skipped,
     parent_death_signal,
 )
+from services.router.routing import triton_models
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,8 @@ class Mesh:
         self.triton = TritonServer(
             TritonOptions(
                 model_repository=repository,
-                skip=optional_skipped(t, repository),
+                # and the router's prompt classifier when [routing] classifier is on
+                skip=optional_skipped(t, repository, needed=triton_models(self._config)),
                 # routed_chat answers keyless models from the simulator, as the router does
                 env=_triton_env(opts, sim_url),
                 http_port=0 if eph else int(t["http_port"]),
@@ -237,6 +239,7 @@ class Mesh:
             sys.executable, "-m", "services.router", f"--address={self._port('router')}",
             f"--set=router.voter_address={voter.address}",
             f"--set=router.cost_address={cost.address}",
+            f"--set=router.triton_address={self.triton.grpc_address}",
             *self._metrics_args("router"),
         ]  # fmt: skip
         if sim_url:

@@ -161,17 +161,22 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def optional_skipped(triton: Mapping[str, Any], repository: Path) -> tuple[str, ...]:
+def optional_skipped(
+    triton: Mapping[str, Any], repository: Path, *, needed: Sequence[str] = ()
+) -> tuple[str, ...]:
     """``[triton] optional_models`` that ``load_optional`` does not ask for, directly or as
-    a step of an ensemble it names: the model folders ``quorum up`` leaves unloaded."""
+    a step of an ensemble it names, and that no service needs (``needed``: e.g. the router's
+    prompt classifier when ``[routing] classifier`` is on): the model folders ``quorum up``
+    leaves unloaded."""
     from quorum import tritoncheck
     from quorum.registry import ConfigError
 
     optional = _names(triton.get("optional_models", []), "triton.optional_models")
-    wanted = _names(triton.get("load_optional", []), "triton.load_optional")
-    unknown = sorted(set(wanted) - set(optional))
+    asked = _names(triton.get("load_optional", []), "triton.load_optional")
+    unknown = sorted(set(asked) - set(optional))
     if unknown:
         raise ConfigError(f"triton.load_optional: {unknown} are not in triton.optional_models")
+    wanted = [*asked, *(m for m in needed if m in optional and m not in asked)]
     if not wanted:
         return tuple(optional)
     configs, _ = tritoncheck.load_configs(repository)
@@ -304,8 +309,10 @@ class TritonServer:
         skip = self.options.skip
         if skip is None:
             from quorum import config
+            from services.router.routing import triton_models
 
-            skip = optional_skipped(config.load(None, os.environ).get("triton", {}), repo)
+            data = config.load(None, os.environ)
+            skip = optional_skipped(data.get("triton", {}), repo, needed=triton_models(data))
         return tuple(
             sorted(
                 p.name

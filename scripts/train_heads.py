@@ -106,7 +106,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 
-def _encode_cached(texts: list[str], cache: Path, label: str) -> F32:
+def encode_cached(texts: list[str], cache: Path, label: str) -> F32:
     """Embeddings of ``texts``, from ``<cache>/embeddings/`` when encoded before."""
     digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()[:16]
     path = cache / "embeddings" / f"{label}-{len(texts)}-{digest}.npy"
@@ -159,7 +159,7 @@ class Featurized:
 
 
 def _features(texts: list[str], cache: Path, label: str, kind: str) -> Any:
-    return _encode_cached(texts, cache, label) if kind == "minilm" else ngram.featurize(texts)
+    return encode_cached(texts, cache, label) if kind == "minilm" else ngram.featurize(texts)
 
 
 def _stack(parts: Sequence[Any]) -> Any:

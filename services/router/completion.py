@@ -43,7 +43,7 @@ from quorum.voter.v1 import voter_pb2
 from services.router.breaker import Breakers
 from services.router.budgetview import BudgetView
 from services.router.replay import Replays, Ticket
-from services.router.routing import AutoRouting, Route, choose, step_down
+from services.router.routing import AutoRouting, Route, TaskGuess, choose, step_down
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -119,6 +119,14 @@ class ChatClient(Protocol):
     def stream(
         self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
     ) -> AsyncGenerator[ChatChunk, None]: ...
+
+
+class TaskClassifier(Protocol):
+    """The prompt classifier automatic routing asks (:class:`services.router.classifier.
+    TaskClassifier`): its guess at a prompt's task, or None when it did not answer in time; it
+    never raises for an outage of its own."""
+
+    async def guess(self, text: str, deadline: Deadline) -> TaskGuess | None: ...
 
 
 class Moderator(Protocol):
@@ -307,6 +315,7 @@ class Completer:
         auto: AutoRouting | None = None,
         step_down: StepDown | None = None,
         breakers: Breakers | None = None,
+        classifier: TaskClassifier | None = None,
     ) -> None:
         self._registry = registry
         self._chat = chat
@@ -320,6 +329,8 @@ class Completer:
         self._auto = auto
         self._step_down = step_down
         self._breakers = breakers or Breakers(failures=0, cooldown_s=0, clock=time.monotonic)
+        # asked only when the routing has a classifier to decide with
+        self._classifier = classifier if auto is not None and auto.classifier else None
 
     # -- the two entry points ------------------------------------------------------------
 
@@ -409,12 +420,18 @@ class Completer:
         return done
 
     async def _prepare(self, prompt: Prompt, deadline: Deadline) -> tuple[Route, Completion]:
+        model = self._named_model(prompt)
+        text = "\n".join(m.content for m in prompt.messages if m.role == "user")
+        guess = None
+        if self._classifier is not None and not model and not prompt.task:
+            guess = await self._classifier.guess(text, deadline)
         route = choose(
             self._registry,
-            model=self._named_model(prompt),
+            model=model,
             task=prompt.task,
             auto=self._auto,
-            text="\n".join(m.content for m in prompt.messages if m.role == "user"),
+            text=text,
+            guess=guess,
         )
         if self._step_down is not None and not self._named_model(prompt):
             route = await self._step_down.apply(self._registry, route, prompt.tenant)

@@ -46,6 +46,8 @@ class RouterSettings:
     rate_limits: Limits = field(default_factory=Limits)
     #: automatic routing for requests that name neither a model nor a task (None: off)
     auto: AutoRouting | None = None
+    #: Triton's gRPC address, where the prompt classifier of ``auto`` is asked (when it has one)
+    triton_address: str = "127.0.0.1:50061"
     #: the share of a budget past which requests that name no model go to cheaper models
     #: (0: never), which task's models, and how long a tenant's budget status is kept
     #: consecutive transient failures that open a provider's breaker (0: no breakers), and
@@ -101,6 +103,7 @@ class RouterSettings:
             auth=AuthSettings.from_config(data, env, calls_services=True),
             rate_limits=limits.from_config(r.get("limits", {}), "router.limits"),
             auto=_auto(data, registry),
+            triton_address=config.get_str(r, "triton_address", w),
             breaker_failures=config.get_int(r, "breaker_failures", w),
             breaker_cooldown_s=config.get_float(r, "breaker_cooldown_s", w),
             step_down_at=config.get_float(routing, "step_down_at", "routing"),

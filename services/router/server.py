@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import aio as triton_aio
 
 from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.openai import OpenAIChat
+from quorum.backends.triton import TritonScorer
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
 from quorum.router.v1 import router_pb2, router_pb2_grpc
@@ -21,6 +23,7 @@ from quorum.server import HealthMonitor, create_server
 from quorum.usage import Meter
 from services.router.breaker import Breakers
 from services.router.budgetview import BudgetView
+from services.router.classifier import TaskClassifier
 from services.router.completion import Completer, Completion, StepDown
 from services.router.config import RouterSettings
 from services.router.replay import Replays
@@ -52,6 +55,13 @@ async def create(
     metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
     await asyncio.to_thread(tokens.warm)
+    # the prompt classifier's Triton client, only when automatic routing asks it
+    triton: triton_aio.InferenceServerClient | None = None
+    classifier: TaskClassifier | None = None
+    if settings.auto is not None and settings.auto.classifier is not None:
+        triton = triton_aio.InferenceServerClient(url=settings.triton_address)
+        classifier = TaskClassifier(TritonScorer(triton), settings.auto.classifier)
+        await classifier.check()  # opens the connection; not ready: the rules route
     completer = Completer(
         settings.registry,
         OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ)),
@@ -65,6 +75,7 @@ async def create(
         record_wait_s=settings.meter.record_wait_s,
         limits=RateLimiter(settings.rate_limits, clock=time.monotonic),
         auto=settings.auto,
+        classifier=classifier,
         breakers=Breakers(
             failures=settings.breaker_failures,
             cooldown_s=settings.breaker_cooldown_s,
@@ -117,5 +128,7 @@ async def create(
         await http.aclose()
         await voter_channel.close()
         await cost_channel.close()
+        if triton is not None:
+            await triton.close()
 
     return server, port, monitor, close

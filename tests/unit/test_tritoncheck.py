@@ -451,9 +451,12 @@ def test_quorum_up_skips_optional_models_unless_asked_for() -> None:
 
     triton = config.load(env={})["triton"]
     repo = default_model_repository()
-    assert set(_optional_skipped(triton, repo)) == {"routed_chat", "select_model", "chat_generate"}
-    assert _optional_skipped({**triton, "load_optional": ["routed_chat"]}, repo) == ()
+    assert set(_optional_skipped(triton, repo)) == {
+        "routed_chat", "select_model", "chat_generate", "prompt_task",
+    }  # fmt: skip
+    assert _optional_skipped({**triton, "load_optional": ["routed_chat"]}, repo) == ("prompt_task",)
     assert _optional_skipped({**triton, "load_optional": ["select_model"]}, repo) == (
         "routed_chat",
         "chat_generate",
+        "prompt_task",
     )

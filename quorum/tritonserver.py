@@ -54,7 +54,14 @@ from quorum.errors import FailedPrecondition, Unavailable
 from quorum.ids import free_ports
 from quorum.signals import StopSignals
 
-__all__ = ["TritonOptions", "TritonServer", "default_model_repository", "main"]
+__all__ = [
+    "TritonOptions",
+    "TritonServer",
+    "default_model_repository",
+    "main",
+    "missing_requirements",
+    "requirements",
+]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +89,42 @@ def default_model_repository() -> Path:
     )
 
 
+_REQUIRES = re.compile(
+    r'key\s*:\s*"quorum_requires"\s*,?\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"'
+)
+
+
+def requirements(model_dir: Path) -> tuple[str, ...]:
+    """The modules a model needs beyond the core install: the ``quorum_requires`` parameter of
+    its ``config.pbtxt`` (space-separated module names), e.g. an optional extra's."""
+    try:
+        text = (Path(model_dir) / "config.pbtxt").read_text(encoding="utf-8")
+    except OSError:
+        return ()
+    m = _REQUIRES.search(text)
+    return tuple(m.group(1).split()) if m else ()
+
+
+def missing_requirements(model_dir: Path) -> tuple[str, ...]:
+    """The modules of :func:`requirements` this environment (the stub's: the same Python) lacks."""
+    absent = []
+    for module in requirements(model_dir):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            absent.append(module)
+    return tuple(absent)
+
+
 @dataclass(frozen=True)
 class TritonOptions:
     """How to run one server. A port of 0 means "pick a free loopback port" at start."""
 
     model_repository: Path
-    #: models to load; None loads every model directory in the repository
+    #: models to load; None loads every model directory in the repository whose required
+    #: modules (``quorum_requires`` in its config) are installed
     models: tuple[str, ...] | None = None
     http_port: int = 0
     grpc_port: int = 0
@@ -202,6 +239,7 @@ class TritonServer:
         self._shm_prefix: str | None = None
         self._ports: tuple[int, int, int] | None = None  # http, grpc, metrics
         self._models: tuple[str, ...] = ()
+        self._left_out: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     # -- addresses and state ---------------------------------------------------------------
@@ -253,17 +291,30 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def left_out(self) -> dict[str, tuple[str, ...]]:
+        """Models of the repository not loaded because modules they need are not installed
+        (model -> those modules); known once started."""
+        return dict(self._left_out)
+
     def _model_names(self) -> tuple[str, ...]:
+        self._left_out = {}
         if self.options.models is not None:
             return tuple(self.options.models)
         repo = Path(self.options.model_repository)
         if not repo.is_dir():
             return ()  # Triton itself reports the bad repository
-        return tuple(
-            sorted(
-                p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
-            )
-        )
+        names = []
+        for p in sorted(repo.iterdir()):
+            if not p.is_dir() or p.name.startswith((".", "_")):
+                continue
+            absent = missing_requirements(p)
+            if absent:
+                log.info("not loading Triton model %s: %s not installed", p.name, ", ".join(absent))
+                self._left_out[p.name] = absent
+                continue
+            names.append(p.name)
+        return tuple(names)
 
     def _command(self, dist: _Dist, backend_dir: Path) -> list[str]:
         assert self._ports is not None and self._shm_prefix is not None

@@ -13,7 +13,7 @@ from quorum import config, ids
 from quorum.auth import AuthSettings
 from quorum.errors import InvalidArgument
 from quorum.metrics import MetricsSettings
-from quorum.registry import ConfigError, OpenAIBackend, Registry, load_registry
+from quorum.registry import ConfigError, Registry, load_registry
 from quorum.retry import RetryPolicy
 from quorum.server import ServerLimits
 from quorum.tls import TlsSettings
@@ -47,6 +47,12 @@ class RouterSettings:
     tenant_limits: Mapping[str, Limit] = field(default_factory=dict)
     #: automatic routing for requests that name neither a model nor a task (None: off)
     auto: AutoRouting | None = None
+    #: the Triton server of chat models with ``backend = "triton"`` ("" none: they are
+    #: unavailable)
+    triton_address: str = ""
+    #: the local model that answers requests naming no model or task while no provider key is
+    #: set (:meth:`quorum.registry.Registry.no_key_model`; "" never)
+    no_key_model: str = ""
     #: the share of a budget past which requests that name no model go to cheaper models
     #: (0: never), which task's models, and how long a tenant's budget status is kept
     #: consecutive transient failures that open a provider's breaker (0: no breakers), and
@@ -104,6 +110,8 @@ class RouterSettings:
             limit=limit,
             tenant_limits=tenant_limits,
             auto=_auto(data, registry),
+            triton_address=str(r.get("triton_address") or ""),
+            no_key_model=_no_key_model(routing, registry),
             breaker_failures=config.get_int(r, "breaker_failures", w),
             breaker_cooldown_s=config.get_float(r, "breaker_cooldown_s", w),
             step_down_at=config.get_float(routing, "step_down_at", "routing"),
@@ -163,6 +171,7 @@ def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
     r = config.section(data, "routing")
     unknown = set(r) - {
         "auto", "fallback_task", "rules", "step_down_at", "step_down_task", "budget_cache_s",
+        "no_key_model",
     }  # fmt: skip
     if unknown:
         raise ConfigError(f"routing: unknown keys {sorted(unknown)}")
@@ -182,9 +191,7 @@ def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
             raise ConfigError(f"{where}.keywords: a list of non-empty strings")
         rules.append(Rule(config.get_str(rule, "task", where), tuple(w.lower() for w in words)))
     fallback = str(r.get("fallback_task", ""))
-    served = {
-        t for m in registry.models.values() if isinstance(m.backend, OpenAIBackend) for t in m.tasks
-    }
+    served = {t for m in registry.models.values() if m.generative for t in m.tasks}
     unserved = sorted({rule.task for rule in rules} - served | ({fallback} - served - {""}))
     if unserved:
         # a registry of one's own need not serve the brief's tasks: those rules are left out
@@ -194,3 +201,16 @@ def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
         tuple(rule for rule in rules if rule.task in served),
         fallback if fallback in served else "",
     )
+
+
+def _no_key_model(routing: Mapping[str, Any], registry: Registry) -> str:
+    """``[routing] no_key_model``: "" or a generative model of the registry ("" when the
+    registry has no such model)."""
+    name = str(routing.get("no_key_model") or "")
+    if name and name not in registry.models:
+        # a registry of one's own need not have the default's local model: the rule is off
+        log.info("routing.no_key_model: no model %r in the registry; not used", name)
+        return ""
+    if name and not registry.models[name].generative:
+        raise ConfigError(f"routing.no_key_model: {name!r} is a classifier, not a chat model")
+    return name

@@ -4,9 +4,9 @@ Order of precedence: the model the client names; else the cheapest usable model 
 task, the others suited to it as fallbacks in price order; else, with automatic routing on,
 the task the prompt's words point to (:class:`AutoRouting`: the first rule whose keywords
 appear in it, else the fallback task), routed the same way; else the default model. Only
-generative models (OpenAI-compatible backends) are routed to, and only while they have a price
-in effect: a call that could not be billed is never made (FAILED_PRECONDITION,
-PRICE_NOT_FOUND).
+generative models (OpenAI-compatible backends, and chat models on Triton) are routed to, and
+only while they have a price in effect: a call that could not be billed is never made
+(FAILED_PRECONDITION, PRICE_NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from quorum.errors import FailedPrecondition, InvalidArgument
 from quorum.pricing import Price, price_at
-from quorum.registry import ModelSpec, OpenAIBackend, Registry
+from quorum.registry import ModelSpec, Registry
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Route:
 
 
 def _generative(spec: ModelSpec) -> bool:
-    return isinstance(spec.backend, OpenAIBackend)
+    return spec.generative
 
 
 def _list_price(price: Price) -> Decimal:

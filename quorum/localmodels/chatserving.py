@@ -102,12 +102,19 @@ class ChatModel:
         except InvalidArgument as exc:
             # "REASON: text": a stream's error carries no status code, the client reads the
             # reason (quorum.backends.tritonchat)
-            message = f"{exc.reason}: {exc.message}"
-            sender.send(_error(pb, message, pb.TritonError.INVALID_ARG), flags=final)
+            self._fail(sender, f"{exc.reason}: {exc.message}", pb.TritonError.INVALID_ARG)
         except Exception:
             log.exception("generation failed")
-            message = "GENERATION_FAILED: generation failed"
-            sender.send(_error(pb, message, pb.TritonError.INTERNAL), flags=final)
+            self._fail(sender, "GENERATION_FAILED: generation failed", pb.TritonError.INTERNAL)
+
+    def _fail(self, sender: Any, message: str, code: Any) -> None:
+        """The request's last response, an error; a sender that cannot send any more (the
+        client went away) ends the request all the same."""
+        pb = self.pb_utils
+        try:
+            sender.send(_error(pb, message, code), flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception:
+            log.warning("could not send the error response of a request")
 
     def _last(self, done: Finished) -> Any:
         pb = self.pb_utils

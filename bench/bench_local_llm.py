@@ -36,7 +36,9 @@ def _report(label: str, runs: list[tuple[float, float, int, int]]) -> None:
 def bench_in_process(runs: int, max_tokens: int) -> None:
     start = time.perf_counter()
     gen = generation.Generator(generation.gguf_path())
-    print(f"in-process load {time.perf_counter() - start:.2f} s ({gen.name}, n_threads default)")
+    print(
+        f"in-process load {time.perf_counter() - start:.2f} s ({gen.name}, {gen.n_threads} threads)"
+    )
     messages = [{"role": "user", "content": PROMPT}]
     results = []
     for _ in range(runs):

@@ -64,12 +64,14 @@ class ChatModel:
                 path,
                 n_ctx=int(params.get("context_tokens") or 4096),
                 n_gpu_layers=gpu_layers(kind),
+                n_threads=int(params.get("threads") or 0) or None,
             )
         except FailedPrecondition as exc:
             raise pb_utils.TritonModelException(f"{config.get('name')}: {exc.message}") from None
         pb_utils.Logger.log_info(
             f"{config.get('name')}: {self.generator.name} on a {kind} instance, "
-            f"n_gpu_layers={self.generator.n_gpu_layers}, context {self.generator.n_ctx}"
+            f"n_gpu_layers={self.generator.n_gpu_layers}, context {self.generator.n_ctx}, "
+            f"threads {self.generator.n_threads}"
         )
 
     def execute(self, requests: list[Any]) -> None:

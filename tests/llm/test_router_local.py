@@ -77,7 +77,11 @@ async def test_complete_and_stream_on_the_local_model_are_billed_exactly(
         assert resp.usage_recorded and resp.cost.currency == "USD"
 
         stream = stubs.router.CompleteStream(
-            router_pb2.CompleteRequest(prompt=PROMPT, model="smollm2-135m", max_tokens=300),
+            router_pb2.CompleteStreamRequest(
+                request=router_pb2.CompleteRequest(
+                    prompt=PROMPT, model="smollm2-135m", max_tokens=300
+                )
+            ),
             timeout=60,
         )
         deltas, summary = [], None

@@ -29,9 +29,11 @@ _TRITON_UNTRACED = (
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
     "/inference.GRPCInferenceService/ModelReady",
-    # inferences: quorum.backends.triton makes the client span of each (with the GenAI
-    # attributes) and sends its context itself; the instrumentation's would be a second one
+    # inferences: quorum.backends.triton and .tritonchat make the client span of each (with
+    # the GenAI attributes) and send its context themselves; the instrumentation's would be a
+    # second one
     "/inference.GRPCInferenceService/ModelInfer",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
 )
 #: how many method names the filter remembers its decision for
 _MAX_METHODS = 1024

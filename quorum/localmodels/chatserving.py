@@ -78,6 +78,9 @@ class ChatModel:
         for request in requests:
             self._serve(request)
 
+    def finalize(self) -> None:
+        self.generator.close()
+
     def _serve(self, request: Any) -> None:
         pb = self.pb_utils
         sender = request.get_response_sender()

@@ -171,6 +171,11 @@ class Generator:
         self.n_gpu_layers = n_gpu_layers
         self.n_threads = int(self._llm.n_threads)
 
+    def close(self) -> None:
+        """Free the model (its memory, and the GPU's when offloaded)."""
+        with self._lock:
+            self._llm.close()
+
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """The prompt the model sees for ``messages``, as its token ids."""
         rendered = self._format(messages=list(messages))  # type: ignore[arg-type]

@@ -3,6 +3,8 @@ is not installed (``make local-llm`` installs llama-cpp-python and the GGUF)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from quorum.localmodels import generation
@@ -24,5 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def generator() -> generation.Generator:
-    return generation.Generator(generation.gguf_path())
+def generator() -> Iterator[generation.Generator]:
+    gen = generation.Generator(generation.gguf_path())
+    yield gen
+    gen.close()

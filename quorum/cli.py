@@ -468,6 +468,22 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
             "  Completions with these models come from the provider SIMULATOR (simulated text).\n"
             "  Moderation uses the real local models only (judges without a key do not vote)."
         )
+    if mesh.local_models:
+        print(
+            "Local chat models (real, on Triton): "
+            + ", ".join(mesh.local_models)
+            + "."
+            + (
+                f"\n  Requests that name no model or task are answered by {mesh.no_key_model} "
+                "(no provider key is set)."
+                if mesh.no_key_model
+                else ""
+            )
+        )
+    for name, modules in mesh.local_missing.items():
+        print(
+            f"Local chat model {name} is off: {', '.join(modules)} not installed (make local-llm)."
+        )
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from quorum import config, telemetry
 from quorum.errors import Unavailable
 from quorum.ids import free_ports
 from quorum.otlprelay import OtlpRelay
-from quorum.registry import OpenAIBackend, load_registry
+from quorum.registry import OpenAIBackend, TritonBackend, load_registry
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
@@ -95,6 +95,12 @@ class Mesh:
         self.metrics: dict[str, str] = {}
         #: generative models whose answers are simulated (no API key)
         self.simulated_models: tuple[str, ...] = ()
+        #: real generative models on Triton that are loaded (e.g. smollm2-135m)
+        self.local_models: tuple[str, ...] = ()
+        #: local generative models left out, and the modules they lack (their extra)
+        self.local_missing: dict[str, tuple[str, ...]] = {}
+        #: the local model that answers requests naming no model or task (no key is set)
+        self.no_key_model: str = ""
         self.triton: TritonServer | None = None
         #: relays Triton's spans (JSON) to the traces endpoint as protobuf; None: no export
         self.relay: OtlpRelay | None = None
@@ -244,7 +250,29 @@ class Mesh:
         ]  # fmt: skip
         if sim_url:
             router_args.append(f"--set=router.simulator_url={sim_url}")
+        self._note_local_models(sim_url)
         self._spawn("router", [*router_args, *base], deadline)
+
+    def _note_local_models(self, sim_url: str) -> None:
+        """Which local chat models the router can use (as it will find them at start-up) and
+        whether one answers requests that name nothing (:meth:`Registry.no_key_model`)."""
+        assert self.triton is not None
+        registry = load_registry(self._config).resolve_keys(
+            self.options.env, simulator_url=sim_url or None
+        )
+        chat = {
+            m.name: m.backend.triton_model
+            for m in registry.models.values()
+            if isinstance(m.backend, TritonBackend) and m.generative
+        }
+        loaded = set(self.triton.models)
+        self.local_models = tuple(sorted(n for n, t in chat.items() if t in loaded))
+        self.local_missing = {
+            n: self.triton.left_out[t] for n, t in sorted(chat.items()) if t in self.triton.left_out
+        }
+        registry = registry.without({n: "not loaded" for n in chat if n not in self.local_models})
+        routing = self._config.get("routing", {})
+        self.no_key_model = registry.no_key_model(str(routing.get("no_key_model") or ""))
 
     def _spawn(
         self, name: str, cmd: Sequence[str], deadline: float, *, health: bool = True

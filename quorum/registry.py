@@ -34,6 +34,13 @@ The registry is plain data built from a TOML table (see ``quorum/defaults.toml``
     output_per_mtok = "0"               # be billed (PRICE_NOT_FOUND), it is never $0
     moderation = { weight = 1.0, categories = ["harassment", "hate"], threshold = 0.5 }
 
+    [models.smollm2-135m]               # a generative model on Triton (streams text and
+    backend = "triton"                  # its own token counts)
+    triton_model = "smollm2"
+    triton_outputs = "chat"
+    input_per_mtok = "0"
+    output_per_mtok = "0"
+
     [models.text-heads]
     backend = "triton"
     triton_model = "text_heads"
@@ -118,8 +125,8 @@ class OpenAIBackend:
     kind: Literal["openai"] = "openai"
 
 
-TritonOutputs = Literal["score", "per_category"]
-TRITON_OUTPUTS: tuple[str, ...] = ("score", "per_category")
+TritonOutputs = Literal["score", "per_category", "chat"]
+TRITON_OUTPUTS: tuple[str, ...] = ("score", "per_category", "chat")
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,9 @@ class TritonBackend:
     """A model served by our Triton model repository (``triton/<triton_model>``).
 
     ``outputs``: ``"score"``, one ``SCORE`` output that stands for every category the model
-    judges; ``"per_category"``, one ``SCORE_<CATEGORY>`` output per category.
+    judges; ``"per_category"``, one ``SCORE_<CATEGORY>`` output per category; ``"chat"``, a
+    generative model (a judge never is one): a decoupled model that streams ``TEXT`` deltas
+    and ends with its token counts (:mod:`quorum.backends.tritonchat`).
     """
 
     triton_model: str
@@ -168,6 +177,13 @@ class ModelSpec:
     unavailable_reason: str | None = None
     #: the brief's integer model id (its MODEL_SELECT input), when the model has one
     model_id: int | None = None
+
+    @property
+    def generative(self) -> bool:
+        """Whether the model completes prompts: an OpenAI-compatible chat model, or a chat
+        model on Triton (``triton_outputs = "chat"``); the other Triton models only score."""
+        b = self.backend
+        return isinstance(b, OpenAIBackend) or b.outputs == "chat"
 
     @property
     def simulated(self) -> bool:
@@ -227,6 +243,30 @@ class Registry:
                 metadata={"model": name},
             )
         return spec
+
+    def without(self, reasons: Mapping[str, str]) -> Registry:
+        """The models named in ``reasons`` marked unavailable, each for its reason (e.g. a
+        Triton chat model that is not loaded)."""
+        models = {
+            name: replace(spec, unavailable_reason=reasons[name]) if name in reasons else spec
+            for name, spec in self.models.items()
+        }
+        return replace(self, models=models)
+
+    def no_key_model(self, model: str) -> str:
+        """``model`` when it should answer the requests that name neither a model nor a task
+        (``[routing] no_key_model``), else "": when no OpenAI-compatible model can reach its
+        real provider (each is simulated or unavailable: no API key is set) and ``model``, a
+        local generative model such as ``smollm2-135m`` on Triton, is usable. The router then
+        makes it the default model and turns keyword routing off; requests that name a model
+        or a task still get what they name (a simulated model stays simulated)."""
+        spec = self.models.get(model) if model else None
+        if spec is None or not spec.generative or spec.unavailable_reason is not None:
+            return ""
+        remote = [m for m in self.models.values() if isinstance(m.backend, OpenAIBackend)]
+        if any(not m.simulated and m.unavailable_reason is None for m in remote):
+            return ""
+        return spec.name
 
     def judges(self) -> tuple[ModelSpec, ...]:
         """Usable models that take part in moderation, in a stable order."""
@@ -636,6 +676,11 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
         max_out = int(m.get("max_output_tokens", 1024))
         if max_out <= 0:
             raise ConfigError(f"{where}.max_output_tokens: must be > 0")
+        if isinstance(backend, TritonBackend) and backend.outputs == "chat" and moderation:
+            raise ConfigError(
+                f'{where}.moderation: a Triton chat model (triton_outputs = "chat") writes '
+                "text and gives no scores; it cannot judge"
+            )
         if name in models:
             raise ConfigError(f"{where}: model name {name!r} is used twice")
         model_id = m.get("model_id")

@@ -163,7 +163,8 @@ def client_interceptors() -> list[Any]:
 
     Only our own channels get them (:func:`quorum.channels.connect`), not every channel in
     the process: an intercepted call costs grpc.aio extra tasks, and Triton's inferences are
-    traced by :mod:`quorum.backends.triton` itself."""
+    traced by :mod:`quorum.backends.triton` and :mod:`quorum.backends.tritonchat` themselves
+    (one GenAI client span each, its context sent on)."""
     if not _trace_channels:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors

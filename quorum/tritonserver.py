@@ -62,7 +62,9 @@ __all__ = [
     "TritonServer",
     "default_model_repository",
     "main",
+    "missing_requirements",
     "optional_skipped",
+    "requirements",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,42 @@ def default_model_repository() -> Path:
     )
 
 
+_REQUIRES = re.compile(
+    r'key\s*:\s*"quorum_requires"\s*,?\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"'
+)
+
+
+def requirements(model_dir: Path) -> tuple[str, ...]:
+    """The modules a model needs beyond the core install: the ``quorum_requires`` parameter of
+    its ``config.pbtxt`` (space-separated module names), e.g. an optional extra's."""
+    try:
+        text = (Path(model_dir) / "config.pbtxt").read_text(encoding="utf-8")
+    except OSError:
+        return ()
+    m = _REQUIRES.search(text)
+    return tuple(m.group(1).split()) if m else ()
+
+
+def missing_requirements(model_dir: Path) -> tuple[str, ...]:
+    """The modules of :func:`requirements` this environment (the stub's: the same Python) lacks."""
+    absent = []
+    for module in requirements(model_dir):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            absent.append(module)
+    return tuple(absent)
+
+
 @dataclass(frozen=True)
 class TritonOptions:
     """How to run one server. A port of 0 means "pick a free loopback port" at start."""
 
     model_repository: Path
-    #: models to load; None loads every model directory in the repository but ``skip``
+    #: models to load; None loads every model directory in the repository but ``skip`` and
+    #: those whose required modules (``quorum_requires`` in their config) are not installed
     models: tuple[str, ...] | None = None
     #: model directories not loaded when ``models`` is None; None: the configuration's
     #: ``[triton] optional_models`` that ``load_optional`` does not ask for
@@ -249,6 +281,7 @@ class TritonServer:
         self._shm_prefix: str | None = None
         self._ports: tuple[int, int, int] | None = None  # http, grpc, metrics
         self._models: tuple[str, ...] = ()
+        self._left_out: dict[str, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
     # -- addresses and state ---------------------------------------------------------------
@@ -300,7 +333,14 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def left_out(self) -> dict[str, tuple[str, ...]]:
+        """Models of the repository not loaded because modules they need are not installed
+        (model -> those modules); known once started."""
+        return dict(self._left_out)
+
     def _model_names(self) -> tuple[str, ...]:
+        self._left_out = {}
         if self.options.models is not None:
             return tuple(self.options.models)
         repo = Path(self.options.model_repository)
@@ -313,13 +353,17 @@ class TritonServer:
 
             data = config.load(None, os.environ)
             skip = optional_skipped(data.get("triton", {}), repo, needed=triton_models(data))
-        return tuple(
-            sorted(
-                p.name
-                for p in repo.iterdir()
-                if p.is_dir() and not p.name.startswith((".", "_")) and p.name not in skip
-            )
-        )
+        names = []
+        for p in sorted(repo.iterdir()):
+            if not p.is_dir() or p.name.startswith((".", "_")) or p.name in skip:
+                continue
+            absent = missing_requirements(p)
+            if absent:
+                log.info("not loading Triton model %s: %s not installed", p.name, ", ".join(absent))
+                self._left_out[p.name] = absent
+                continue
+            names.append(p.name)
+        return tuple(names)
 
     def _check_repository(self) -> None:
         from quorum import tritoncheck

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from opentelemetry import trace
 
 from quorum import ids, tokens
+from quorum.backends.chat import ChatBackend
 from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.deadline import Deadline
 from quorum.errors import (
@@ -36,7 +37,7 @@ from quorum.errors import (
 from quorum.limits import RateLimiter
 from quorum.money import NoExchangeRate
 from quorum.pricing import Cost, PriceNotFound, bill
-from quorum.registry import ModelSpec, OpenAIBackend, Registry
+from quorum.registry import ModelSpec, Registry
 from quorum.retry import RetryPolicy, retryable
 from quorum.usage import Budgeted, Charge, Meter, usage_key
 from quorum.voter.v1 import voter_pb2
@@ -108,16 +109,17 @@ T = TypeVar("T")
 
 
 class ChatClient(Protocol):
-    """What the router needs of a chat model client (:class:`quorum.backends.openai.OpenAIChat`
-    is the one it is given): a unary call and a stream, each bounded by ``timeout_s`` overall
-    and failing with :mod:`quorum.errors` only."""
+    """What the router needs of a chat model client (:class:`quorum.backends.chat.Chats` is
+    the one it is given: OpenAI-compatible HTTP or Triton, by the backend's kind): a unary
+    call and a stream, each bounded by ``timeout_s`` overall and failing with
+    :mod:`quorum.errors` only."""
 
     async def complete(
-        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+        self, backend: ChatBackend, request: ChatRequest, *, timeout_s: float
     ) -> ChatResult: ...
 
     def stream(
-        self, backend: OpenAIBackend, request: ChatRequest, *, timeout_s: float
+        self, backend: ChatBackend, request: ChatRequest, *, timeout_s: float
     ) -> AsyncGenerator[ChatChunk, None]: ...
 
 
@@ -677,8 +679,8 @@ class Completer:
         return self._moderation.effective(prompt.moderation, prompt.tenant)
 
     @staticmethod
-    def _backend(spec: ModelSpec) -> OpenAIBackend:
-        assert isinstance(spec.backend, OpenAIBackend)  # routing only picks these
+    def _backend(spec: ModelSpec) -> ChatBackend:
+        assert spec.generative  # routing only picks these
         return spec.backend
 
     @staticmethod

@@ -46,8 +46,12 @@ class RouterSettings:
     rate_limits: Limits = field(default_factory=Limits)
     #: automatic routing for requests that name neither a model nor a task (None: off)
     auto: AutoRouting | None = None
-    #: Triton's gRPC address, where the prompt classifier of ``auto`` is asked (when it has one)
-    triton_address: str = "127.0.0.1:50061"
+    #: Triton's gRPC address: its chat models with ``backend = "triton"``, and the prompt
+    #: classifier of ``auto`` ("" none: those models are unavailable, the classifier off)
+    triton_address: str = ""
+    #: the local model that answers requests naming no model or task while no provider key is
+    #: set (:meth:`quorum.registry.Registry.no_key_model`; "" never)
+    no_key_model: str = ""
     #: the share of a budget past which requests that name no model go to cheaper models
     #: (0: never), which task's models, and how long a tenant's budget status is kept
     #: consecutive transient failures that open a provider's breaker (0: no breakers), and
@@ -81,7 +85,7 @@ class RouterSettings:
         simulator_url = str(r.get("simulator_url") or "")
         registry = load_registry(data).resolve_keys(env, simulator_url=simulator_url or None)
         routing = config.section(data, "routing")
-        return cls(
+        settings = cls(
             address=config.get_str(r, "address", w),
             voter_address=config.get_str(r, "voter_address", w),
             cost_address=config.get_str(r, "cost_address", w),
@@ -103,7 +107,8 @@ class RouterSettings:
             auth=AuthSettings.from_config(data, env, calls_services=True),
             rate_limits=limits.from_config(r.get("limits", {}), "router.limits"),
             auto=_auto(data, registry),
-            triton_address=config.get_str(r, "triton_address", w),
+            triton_address=str(r.get("triton_address") or ""),
+            no_key_model=_no_key_model(routing, registry),
             breaker_failures=config.get_int(r, "breaker_failures", w),
             breaker_cooldown_s=config.get_float(r, "breaker_cooldown_s", w),
             step_down_at=config.get_float(routing, "step_down_at", "routing"),
@@ -113,6 +118,12 @@ class RouterSettings:
             limits=ServerLimits.from_config(data),
             metrics=MetricsSettings.from_config(data, "router"),
         )
+        if settings.auto and settings.auto.classifier and not settings.triton_address:
+            raise ConfigError(
+                "routing.classifier: the prompt classifier is served by Triton; set [router] "
+                "triton_address (quorum up sets it)"
+            )
+        return settings
 
 
 def _mode(value: object, where: str) -> Moderation:
@@ -132,3 +143,16 @@ def _tenant(name: object, where: str = "router.moderation_floors") -> str:
 def _auto(data: Mapping[str, Any], registry: Registry) -> AutoRouting | None:
     """``[routing]``: the brief's keyword rules (:func:`auto_routing`)."""
     return auto_routing(data, registry)
+
+
+def _no_key_model(routing: Mapping[str, Any], registry: Registry) -> str:
+    """``[routing] no_key_model``: "" or a generative model of the registry ("" when the
+    registry has no such model)."""
+    name = str(routing.get("no_key_model") or "")
+    if name and name not in registry.models:
+        # a registry of one's own need not have the default's local model: the rule is off
+        log.info("routing.no_key_model: no model %r in the registry; not used", name)
+        return ""
+    if name and not registry.models[name].generative:
+        raise ConfigError(f"routing.no_key_model: {name!r} is a classifier, not a chat model")
+    return name

@@ -5,9 +5,9 @@ task, the others suited to it as fallbacks in price order; else, with automatic 
 the task the prompt points to (:class:`AutoRouting`: the first rule whose keywords appear in
 it, else the fallback task; with the prompt classifier on, the classifier's task instead when it
 is confident, see :func:`decide`), routed the same way; else the default model. Only
-generative models (OpenAI-compatible backends) are routed to, and only while they have a price
-in effect: a call that could not be billed is never made (FAILED_PRECONDITION,
-PRICE_NOT_FOUND).
+generative models (OpenAI-compatible backends, and chat models on Triton) are routed to, and
+only while they have a price in effect: a call that could not be billed is never made
+(FAILED_PRECONDITION, PRICE_NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from quorum import config
 from quorum.errors import FailedPrecondition, InvalidArgument
 from quorum.pricing import Price, price_at
-from quorum.registry import ConfigError, ModelSpec, OpenAIBackend, Registry
+from quorum.registry import ConfigError, ModelSpec, Registry
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def auto_routing(data: Mapping[str, Any], registry: Registry) -> AutoRouting | N
     r = config.section(data, "routing")
     unknown = set(r) - {
         "auto", "fallback_task", "rules", "step_down_at", "step_down_task", "budget_cache_s",
-        *CLASSIFIER_KEYS,
+        "no_key_model", *CLASSIFIER_KEYS,
     }  # fmt: skip
     if unknown:
         raise ConfigError(f"routing: unknown keys {sorted(unknown)}")
@@ -145,9 +145,7 @@ def auto_routing(data: Mapping[str, Any], registry: Registry) -> AutoRouting | N
             raise ConfigError(f"{where}.keywords: a list of non-empty strings")
         rules.append(Rule(config.get_str(rule, "task", where), tuple(w.lower() for w in words)))
     fallback = str(r.get("fallback_task", ""))
-    served = {
-        t for m in registry.models.values() if isinstance(m.backend, OpenAIBackend) for t in m.tasks
-    }
+    served = {t for m in registry.models.values() if m.generative for t in m.tasks}
     unserved = sorted({rule.task for rule in rules} - served | ({fallback} - served - {""}))
     if unserved:
         # a registry of one's own need not serve the brief's tasks: those rules are left out
@@ -211,7 +209,7 @@ class Route:
 
 
 def _generative(spec: ModelSpec) -> bool:
-    return isinstance(spec.backend, OpenAIBackend)
+    return spec.generative
 
 
 def _list_price(price: Price) -> Decimal:

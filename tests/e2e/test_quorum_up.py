@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from quorum.ids import free_ports
+from quorum.localmodels import generation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
@@ -119,7 +120,12 @@ def test_quorum_up_serves_until_ctrl_c_and_leaves_nothing(tmp_path):
             env=env,
         )
         assert done.returncode == 0, done.stderr
-        assert "SIMULATED" in done.stdout
+        if generation.missing():  # no key, no local model: the simulator answers
+            assert "SIMULATED" in done.stdout
+            assert "Local chat model smollm2-135m is off" in text, text
+        else:  # no key: a prompt that names nothing goes to the local model
+            assert "smollm2-135m" in done.stdout and "SIMULATED" not in done.stdout
+            assert "Local chat models (real, on Triton): smollm2-135m" in text, text
         scraped = httpx.get(f"http://127.0.0.1:{m_router}/metrics", timeout=5).text
         complete = 'rpc_method="quorum.router.v1.RouterService/Complete"'
         assert any(

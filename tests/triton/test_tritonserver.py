@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from quorum.backends.triton import TritonScorer
 from quorum.errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from quorum.localmodels import nsfw
+from quorum.localmodels import generation, nsfw
 from quorum.localmodels.profanity import score_texts
 from quorum.otlprelay import OtlpRelay
 from quorum.tritonserver import (
@@ -49,12 +49,13 @@ pytestmark = pytest.mark.triton
 
 MODEL = "profanity_check"
 NSFW_MODEL = "nsfw_check"
-ALL_MODELS = (
-    "ngram_heads",
-    NSFW_MODEL,
-    MODEL,
-    "text_heads",
-)  # every model directory in triton/, loaded by default
+# every model directory in triton/ loaded by default: smollm2 only with its extra (local-llm)
+ALL_MODELS = tuple(
+    sorted(
+        ("ngram_heads", NSFW_MODEL, MODEL, "text_heads")
+        + (() if generation.missing() else ("smollm2",))
+    )
+)
 EXPLICIT = "hardcore porn video of a naked couple fucking"
 OFFENSIVE = "you are a fucking idiot and everyone hates you"
 POLITE = "thank you for your help, have a lovely day"

@@ -44,6 +44,7 @@ ROUTED = {"code", "quick", "analysis", "complex"}
 def settings(**routing: object) -> RouterSettings:
     data = config.defaults()
     data["routing"] |= routing
+    data["router"]["triton_address"] = "127.0.0.1:50061"  # as quorum up sets it
     return RouterSettings.from_config(data, {"QUORUM_DATA_DIR": "/tmp/x"})
 
 
@@ -121,6 +122,11 @@ def test_the_classifier_settings_come_from_routing() -> None:
         min_confidence=TaskHead.load(HEAD).min_confidence, timeout_s=0.02,
     )  # fmt: skip
     assert settings(classifier=True).triton_address == "127.0.0.1:50061"
+    # the classifier is asked on Triton: without its address, the router refuses to start
+    data = config.defaults()
+    data["routing"]["classifier"] = True
+    with pytest.raises(ConfigError, match="triton_address"):
+        RouterSettings.from_config(data, {"QUORUM_DATA_DIR": "/tmp/x"})
     # automatic routing off: no classifier either
     assert settings(auto=False, classifier=True).auto is None
 

@@ -145,6 +145,13 @@ def with_failures(err: QuorumError, failures: list[tuple[str, str]]) -> QuorumEr
     return err
 
 
+def fell_back(reason: str, failures: list[tuple[str, str]]) -> str:
+    """A route's reason, saying which models failed (and why) before the one that answered."""
+    if not failures:
+        return reason
+    return f"{reason}; answered after " + ", ".join(f"{m} failed ({r})" for m, r in failures)
+
+
 @dataclass(frozen=True)
 class StepDown:
     """Near a budget's limit, route to cheaper models: when the tenant has used ``at`` (a
@@ -413,7 +420,8 @@ class Completer:
 
     async def _generate(self, prompt: Prompt, deadline: Deadline) -> Completion:
         route, done = await self._prepare(prompt, deadline)
-        result, spec, charge = await self._attempts(route, prompt, deadline, self._call)
+        result, spec, charge, failures = await self._attempts(route, prompt, deadline, self._call)
+        done.route_reason = fell_back(done.route_reason, failures)
         self._breakers.succeeded(spec.provider_name)
         charge.answered(result.usage, reported=result.usage_reported, text=result.text)
         done.spec, done.charge = spec, charge
@@ -543,12 +551,12 @@ class Completer:
         prompt: Prompt,
         deadline: Deadline,
         attempt: Callable[[ModelSpec, ChatRequest, float], Awaitable[T]],
-    ) -> tuple[T, ModelSpec, Charge]:
+    ) -> tuple[T, ModelSpec, Charge, list[tuple[str, str]]]:
         """The one attempt loop, for unary calls and streams alike: the first model of
         ``route``, in order, that ``attempt`` (one call of it, given the seconds it may take)
-        succeeds with. Returns what the attempt gave, the model and the call's charge, still
-        open: the caller settles it and tells the breaker once the call is over (a unary call
-        at once, a stream at its end).
+        succeeds with. Returns what the attempt gave, the model, the call's charge, still
+        open (the caller settles it and tells the breaker once the call is over: a unary call
+        at once, a stream at its end), and the models that failed before it, with why.
 
         Each attempt is noted in the usage journal before it is made; one that fails is
         settled here (:meth:`Charge.failed`) and counts towards its provider's breaker when
@@ -581,7 +589,7 @@ class Completer:
                     if not await self._should_retry(err, tries, deadline, spec):
                         break
                     continue
-                return got, spec, charge
+                return got, spec, charge, failures
             assert last_err is not None
             failures.append((spec.name, last_err.reason))
             if not retryable(last_err):
@@ -617,7 +625,8 @@ class Completer:
         on another model. The call is settled in a ``finally``: a stream cut short (the
         client went away, the provider broke off) is billed for what was generated,
         estimated."""
-        stream, spec, charge = await self._attempts(route, prompt, deadline, self._open)
+        stream, spec, charge, failures = await self._attempts(route, prompt, deadline, self._open)
+        done.route_reason = fell_back(done.route_reason, failures)
         err: BaseException | None = None
         try:
             async with contextlib.aclosing(stream.chunks):

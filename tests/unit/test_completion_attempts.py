@@ -272,6 +272,7 @@ async def test_a_model_that_keeps_failing_falls_back_to_the_next(usage, streamin
     assert chat.models == ["a", "a", "a", "b"]
     assert (done.spec.name, done.text) == ("b", "from b")
     assert billed(usage) == [("b", 9, 4, False)]
+    assert done.route_reason.endswith("; answered after a failed (PROVIDER_RATE_LIMITED)")
 
 
 @both

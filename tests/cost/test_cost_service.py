@@ -403,6 +403,7 @@ async def test_list_prices_sorted_in_micros_per_million_tokens(cost: CostHarness
         ("ngram-heads", 0, 0, "USD"),
         ("nsfw-check", 0, 0, "USD"),
         ("profanity-check", 0, 0, "USD"),
+        ("smollm2-135m", 0, 0, "USD"),  # the local chat model: free, like the local judges
         ("text-heads", 0, 0, "USD"),
     ]
 

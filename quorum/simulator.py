@@ -545,6 +545,9 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    #: the listen backlog (socketserver's default is 5: a burst of new connections, as from a
+    #: client opening its pool at concurrency 32, was reset)
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], sim: ProviderSimulator) -> None:
         self.sim = sim

@@ -123,6 +123,9 @@ class OpenAIBackend:
     provider: Provider
     provider_model: str
     kind: Literal["openai"] = "openai"
+    #: the registry's name of the model this endpoint serves: spans name the model by it (the
+    #: provider's own name is ``gen_ai.request.model``); "" falls back to ``provider_model``
+    model: str = ""
 
 
 TritonOutputs = Literal["score", "per_category", "chat"]
@@ -142,6 +145,8 @@ class TritonBackend:
     triton_model: str
     kind: Literal["triton"] = "triton"
     outputs: TritonOutputs = "score"
+    #: the registry's name of the model (as for :class:`OpenAIBackend`)
+    model: str = ""
 
 
 Backend = OpenAIBackend | TritonBackend
@@ -631,7 +636,9 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
             outputs = m.get("triton_outputs", "score")
             if outputs not in TRITON_OUTPUTS:
                 raise ConfigError(f"{where}.triton_outputs: one of {', '.join(TRITON_OUTPUTS)}")
-            backend = TritonBackend(triton_model=_str(m, "triton_model", where), outputs=outputs)
+            backend = TritonBackend(
+                triton_model=_str(m, "triton_model", where), outputs=outputs, model=name
+            )
         elif kind == "openai":
             pname = _str(m, "provider", where)
             if pname not in providers:
@@ -639,6 +646,7 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
             backend = OpenAIBackend(
                 provider=providers[pname],
                 provider_model=_str(m, "provider_model", where, default=name),
+                model=name,
             )
         else:
             raise ConfigError(f"{where}.backend: must be 'openai' or 'triton', not {kind!r}")

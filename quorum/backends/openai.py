@@ -211,7 +211,8 @@ class OpenAIChat:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": call.provider,
-            "gen_ai.request.model": call.model,
+            "gen_ai.request.model": call.model,  # the provider's name for it
+            "quorum.model": call.name,  # the registry's, as on every other span
         }
         if request.max_tokens is not None:
             attrs["gen_ai.request.max_tokens"] = request.max_tokens
@@ -230,7 +231,7 @@ class OpenAIChat:
             attrs["gen_ai.input.messages"] = _clip(json.dumps(messages, ensure_ascii=False))
             attrs["input.value"] = attrs["gen_ai.input.messages"]
             attrs["input.mime_type"] = "application/json"
-        return self._tracer.start_span(f"chat {call.model}", kind=SpanKind.CLIENT, attributes=attrs)
+        return self._tracer.start_span(f"chat {call.name}", kind=SpanKind.CLIENT, attributes=attrs)
 
     async def _send(
         self,
@@ -392,6 +393,8 @@ class _Call:
         self.backend = backend
         self.provider = backend.provider.name
         self.model = backend.provider_model
+        #: the registry's name of the model (spans are named by it)
+        self.name = backend.model or backend.provider_model
         self.url = backend.provider.base_url.rstrip("/") + "/chat/completions"
         self.status: int | None = None
 

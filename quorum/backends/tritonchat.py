@@ -105,7 +105,7 @@ class TritonChat:
         self, backend: TritonBackend, request: ChatRequest, timeout_s: float
     ) -> AsyncGenerator[ChatChunk, None]:
         model = backend.triton_model
-        span = self._start_span(model, request)
+        span = self._start_span(model, backend.model or model, request)
         responses: Any = None
         try:
             if not timeout_s > 0:
@@ -159,7 +159,7 @@ class TritonChat:
             if span.is_recording():
                 span.end()
 
-    def _start_span(self, model: str, request: ChatRequest) -> Span:
+    def _start_span(self, model: str, name: str, request: ChatRequest) -> Span:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": "triton",
@@ -169,7 +169,8 @@ class TritonChat:
             attrs["gen_ai.request.max_tokens"] = request.max_tokens
         if request.temperature is not None:
             attrs["gen_ai.request.temperature"] = request.temperature
-        return self._tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attrs)
+        attrs["quorum.model"] = name  # the registry's name; gen_ai.request.model is Triton's
+        return self._tracer.start_span(f"chat {name}", kind=SpanKind.CLIENT, attributes=attrs)
 
 
 async def _one(item: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import time
@@ -511,6 +512,22 @@ async def test_content_on_the_span_only_when_the_operator_opts_in(
         assert answer["parts"] == [{"type": "text", "content": text}]
         assert attrs["output.value"] == text and text.startswith("[simulated")
         assert FAKE_KEY not in span.to_json()  # content, never the key
+
+
+async def test_the_span_names_the_model_as_the_registry_does(
+    client: httpx.AsyncClient,
+    backend: OpenAIBackend,
+    tracing: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = tracing
+    adapter = OpenAIChat(client, {KEY_ENV: FAKE_KEY}, tracer_provider=provider)
+    named = dataclasses.replace(backend, model="our-name-4.5")
+    await adapter.complete(named, REQUEST, timeout_s=5)
+    span = only_chat_span(exporter)
+    attrs = dict(span.attributes or {})
+    assert span.name == "chat our-name-4.5"  # one name per model across every span
+    assert attrs["quorum.model"] == "our-name-4.5"
+    assert attrs["gen_ai.request.model"] == MODEL  # the provider's own name, its own attribute
 
 
 def test_capture_content_follows_the_genai_variable() -> None:

@@ -6,7 +6,9 @@ of early decision when a remote judge is slow.
 Starts Triton with every model in triton/ and the voter as its own process, on free loopback
 ports, then measures ``Moderate`` through the generated stub:
 
-1. every local judge, at concurrency 1 and ``--concurrency``: p50/p99 and texts/s;
+1. every local judge, at concurrency 1 and ``--concurrency``: p50/p99 and texts/s, and at
+   ``--concurrency`` the CPU time each process (voter, Triton, each model's stub, this client)
+   spent a text, read from /proc;
 2. the fast tier alone (the judges named by ``--fast``), the same way;
 3. with two remote judges on provider simulators (labelled simulated: their verdicts come
    from keyword lists), one answering in 20 ms and one in ``--slow-s``: p50/p99 one request
@@ -56,8 +58,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 @asynccontextmanager
-async def _voter(config_text: str, data_dir: str) -> AsyncIterator[voter_pb2_grpc.VoterServiceStub]:
-    """The voter as its own process (as in production), on a free port."""
+async def _voter(
+    config_text: str, data_dir: str, pids: list[int] | None = None
+) -> AsyncIterator[voter_pb2_grpc.VoterServiceStub]:
+    """The voter as its own process (as in production), on a free port (its pid appended to
+    ``pids``)."""
     path = Path(data_dir) / "voter.toml"
     path.write_text(config_text, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUORUM_", "OTEL_"))}
@@ -71,6 +76,8 @@ async def _voter(config_text: str, data_dir: str) -> AsyncIterator[voter_pb2_grp
         text=True,
         env=env,
     )
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
@@ -125,18 +132,59 @@ def _line(label: str, latencies: list[float], elapsed: float | None = None) -> s
     )
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _parts(triton: TritonServer, voter_pid: int) -> dict[str, int]:
+    """The processes that do the work, by name: the voter, Triton's core and each model's
+    Python stub (Triton's children, named by their model.py), and this client."""
+    parts = {"voter": voter_pid, "this client": os.getpid()}
+    if triton.pid is not None:
+        parts["tritonserver"] = triton.pid
+        for task in Path(f"/proc/{triton.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+                model = next(
+                    (Path(a.decode()).parts[-3] for a in cmd if a.endswith(b"model.py")), ""
+                )
+                if model:
+                    parts[f"{model} stub"] = int(child)
+    return parts
+
+
 async def _local(triton: TritonServer, args: argparse.Namespace, data_dir: str) -> None:
-    async with _voter(_config(triton), data_dir) as stub:
+    pids: list[int] = []
+    async with _voter(_config(triton), data_dir, pids) as stub:
         judges = [j.name for j in load_registry(config.load(env={})).resolve_keys({}).judges()]
         await _throughput(stub, 4, 1.0, [])  # warm-up
+        parts = _parts(triton, pids[0])
         for label, models in (
             (f"every local judge ({', '.join(judges)})", []),
             (f"fast tier ({', '.join(args.fast)})", list(args.fast)),
         ):
             print(label, flush=True)
             for c in (1, args.concurrency):
+                before = {name: _cpu_s(pid) for name, pid in parts.items()}
                 lat, elapsed = await _throughput(stub, c, args.seconds, models)
                 print(_line(f"concurrency {c}", lat, elapsed), flush=True)
+                if c == args.concurrency:
+                    used = {
+                        n: (_cpu_s(pid) - before[n]) * 1000 / len(lat) for n, pid in parts.items()
+                    }
+                    total = sum(used.values())
+                    ceiling = 1000 * (os.cpu_count() or 1) / total
+                    print(
+                        "    CPU a text: "
+                        + ", ".join(f"{n} {ms:.2f} ms" for n, ms in used.items() if ms >= 0.01)
+                        + f"; {total:.2f} ms in all: about {ceiling:.0f} texts/s, every core busy",
+                        flush=True,
+                    )
 
 
 async def _early(triton: TritonServer, args: argparse.Namespace, data_dir: str) -> None:

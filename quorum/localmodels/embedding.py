@@ -249,6 +249,22 @@ def encode(texts: Sequence[str]) -> F32:
 # --- heads ------------------------------------------------------------------------------------
 
 
+def read_head_file(path: Path, expected: str = "an object") -> dict[str, Any]:
+    """The JSON object of a head file over this encoder's embeddings (HeadsError when it is
+    missing, unreadable, not ``expected``, or for another encoder)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HeadsError(f"no head file at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise HeadsError(f"cannot read head file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise HeadsError(f"{path}: expected {expected}")
+    if data.get("encoder") != ENCODER_NAME or data.get("dim") != DIM:
+        raise HeadsError(f"{path}: heads for another encoder ({data.get('encoder')!r})")
+    return data
+
+
 class HeadsError(ValueError):
     """A head file that cannot be used (missing, malformed, wrong shapes)."""
 
@@ -305,16 +321,9 @@ class Heads:
     @classmethod
     def load(cls, path: Path) -> Heads:
         """Read a head file written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise HeadsError(f"no head file at {path}") from None
-        except (OSError, ValueError) as exc:
-            raise HeadsError(f"cannot read head file {path}: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("heads"), list):
+        data = read_head_file(path, "an object with a 'heads' list")
+        if not isinstance(data.get("heads"), list):
             raise HeadsError(f"{path}: expected an object with a 'heads' list")
-        if data.get("encoder") != ENCODER_NAME or data.get("dim") != DIM:
-            raise HeadsError(f"{path}: heads for another encoder ({data.get('encoder')!r})")
         heads = []
         for i, h in enumerate(data["heads"]):
             try:

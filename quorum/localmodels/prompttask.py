@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from quorum.errors import InvalidArgument
-from quorum.localmodels.embedding import DIM, ENCODER_NAME, F32, HeadsError, encode
+from quorum.localmodels.embedding import (
+    DIM,
+    ENCODER_NAME,
+    F32,
+    HeadsError,
+    encode,
+    read_head_file,
+)
 
 __all__ = ["HEAD_FILE", "TaskHead"]
 
@@ -99,16 +106,7 @@ class TaskHead:
     @classmethod
     def load(cls, path: Path) -> TaskHead:
         """Read a head file written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise HeadsError(f"no head file at {path}") from None
-        except (OSError, ValueError) as exc:
-            raise HeadsError(f"cannot read head file {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise HeadsError(f"{path}: expected an object")
-        if data.get("encoder") != ENCODER_NAME or data.get("dim") != DIM:
-            raise HeadsError(f"{path}: a head for another encoder ({data.get('encoder')!r})")
+        data = read_head_file(path)
         try:
             tasks = data["tasks"]
             if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):

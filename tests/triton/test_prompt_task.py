@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -53,15 +53,6 @@ def server() -> Iterator[TritonServer]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-async def client(server: TritonServer) -> AsyncIterator[InferenceServerClient]:
-    c = InferenceServerClient(server.grpc_address)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_loads_with_one_output_per_task(server: TritonServer) -> None:

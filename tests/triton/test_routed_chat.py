@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -38,15 +38,6 @@ def server(sim: ProviderSimulator) -> Iterator[TritonServer]:
     )
     with TritonServer(options) as srv:
         yield srv
-
-
-@pytest.fixture
-async def client(server: TritonServer) -> AsyncIterator[InferenceServerClient]:
-    c = InferenceServerClient(server.grpc_address)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def ask(client: InferenceServerClient, text: str, select: int) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,15 +86,6 @@ def server() -> Iterator[TritonServer]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-async def client(server: TritonServer) -> AsyncIterator[InferenceServerClient]:
-    c = InferenceServerClient(server.grpc_address)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture

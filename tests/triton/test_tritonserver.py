@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +120,6 @@ def server() -> Iterator[TritonServer]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-async def client(server: TritonServer) -> AsyncIterator[InferenceServerClient]:
-    c = InferenceServerClient(server.grpc_address)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture

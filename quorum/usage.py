@@ -4,11 +4,14 @@ a model call is recorded.
 Every billable model call goes through the service's :class:`Meter`:
 
 1. ``charge = await meter.begin(key, model, input_tokens=..., max_output_tokens=...)`` before
-   the provider is asked. An *intent* is appended to the service's usage journal and made
-   durable (fsync, group-committed with the other calls in flight) first, so a process that
-   dies during the call still bills it. When the backlog of records the cost service has not
-   taken is over its bounds, ``begin`` refuses the call with ``UNAVAILABLE``
-   (``USAGE_BACKLOG_FULL``): no paid call is made that could not be recorded.
+   the provider is asked. An *intent* is appended to the service's usage journal first, so a
+   process that dies during the call still bills it: written to the operating system before
+   the call (it survives the process being killed) and made durable on disk (fsync,
+   group-committed with the other calls in flight) in the background within milliseconds;
+   with ``[usage] fsync_before_call`` the call waits for that fsync too (it then survives a
+   power loss at any moment, for about a millisecond a call). When the backlog of records
+   the cost service has not taken is over its bounds, ``begin`` refuses the call with
+   ``UNAVAILABLE`` (``USAGE_BACKLOG_FULL``): no paid call is made that could not be recorded.
 2. ``charge.settle(input_tokens, output_tokens, estimated=...)`` as soon as the provider has
    answered, before anything else can fail (output moderation, the client going away), or
    ``charge.void()`` when the provider answered with an error and bills nothing. Both are
@@ -29,11 +32,12 @@ before the call (a cheap one: counting tokens exactly costs milliseconds, and is
 when a live call must be estimated) and the most output the call allowed, marked
 ``estimated``.
 
-The journal is append-only JSON lines (``begin``, ``usage``, ``void``, ``sent`` entries), kept
-off the request path by one writer task; when it grows past ``compact_bytes`` it is rewritten
-with only the live entries and renamed into place. One process owns a journal (an exclusive
-``flock``). Records the cost service refuses for good (e.g. a model it does not know) are kept
-in ``<journal>.rejected.jsonl`` for a person, never re-sent and never dropped.
+The journal is append-only JSON lines (``begin``, ``usage``, ``void``, ``sent`` entries),
+written in the order they happen on the event loop's thread (one buffered write each); one
+writer task fsyncs them off the request path; when it grows past ``compact_bytes`` it is
+rewritten with only the live entries and renamed into place. One process owns a journal (an
+exclusive ``flock``). Records the cost service refuses for good (e.g. a model it does not
+know) are kept in ``<journal>.rejected.jsonl`` for a person, never re-sent and never dropped.
 """
 
 from __future__ import annotations
@@ -147,11 +151,16 @@ class MeterSettings:
     max_backlog_age_s: float = 86_400.0
     #: how long a call waits for the cost service to take its record before answering
     #: (the record is durable either way; the answer then says it is queued)
-    record_wait_s: float = 0.5
+    record_wait_s: float = 0.0
+    #: whether a call waits for its intent to be fsynced before the provider is asked
+    #: (otherwise it is written to the OS first and fsynced in the background)
+    fsync_before_call: bool = False
     #: records sent in one RecordUsageBatch call (at most MAX_BATCH_RECORDS)
     send_batch_records: int = 500
     #: RecordUsage calls in flight at once, to a cost service without RecordUsageBatch
     send_concurrency: int = 8
+    #: how long the sender waits after a record is settled for more to send with it
+    send_linger_s: float = 0.02
     send_timeout_s: float = 2.0
     #: pause between attempts while the cost service is down
     retry_interval_s: float = 2.0
@@ -177,8 +186,10 @@ class MeterSettings:
             max_backlog_records=config.get_int(u, "max_backlog_records", w, minimum=1),
             max_backlog_age_s=config.get_float(u, "max_backlog_age_s", w, minimum=1.0),
             record_wait_s=config.get_float(u, "record_wait_s", w),
+            fsync_before_call=config.get_bool(u, "fsync_before_call", w),
             send_batch_records=_batch_records(u, w),
             send_concurrency=config.get_int(u, "send_concurrency", w, minimum=1),
+            send_linger_s=config.get_float(u, "send_linger_s", w),
             send_timeout_s=config.get_float(u, "send_timeout_s", w, minimum=0.01),
             retry_interval_s=config.get_float(u, "retry_interval_s", w, minimum=0.01),
             compact_bytes=config.get_int(u, "compact_bytes", w, minimum=4096),
@@ -202,7 +213,7 @@ def _batch_records(table: Mapping[str, Any], where: str) -> int:
     return n
 
 
-# --- the journal file (runs on a worker thread) ----------------------------------------------
+# --- the journal file ------------------------------------------------------------------------
 
 
 def _line(op: str, rec: UsageRecord | None = None, key: str = "") -> str:
@@ -245,7 +256,10 @@ def replay(path: Path) -> tuple[dict[str, UsageRecord], dict[str, UsageRecord]]:
 
 
 class _JournalFile:
-    """The open journal: exclusive to this process, appended to, compacted by rename."""
+    """The open journal: exclusive to this process, appended to, compacted by rename.
+
+    ``write`` runs on the event loop's thread (a buffered write handed to the OS); ``sync``
+    and ``compact`` on a worker thread, ``compact`` while nothing is written."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -261,12 +275,13 @@ class _JournalFile:
             ) from None
         self.size = path.stat().st_size
 
-    def append(self, lines: list[str]) -> None:
-        data = "".join(lines)
+    def write(self, data: str) -> None:
         self._f.write(data)
         self._f.flush()
-        os.fsync(self._f.fileno())
         self.size += len(data.encode("utf-8"))
+
+    def sync(self) -> None:
+        os.fsync(self._f.fileno())
 
     def compact(self, lines: list[str]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -288,6 +303,13 @@ class _JournalFile:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _journal_unwritable() -> errors.Unavailable:
+    return errors.Unavailable(
+        "usage cannot be recorded (the usage journal is not writable)",
+        reason="USAGE_UNAVAILABLE",
+    )
 
 
 def _append_rejected(path: Path, recs: list[UsageRecord]) -> None:
@@ -447,7 +469,12 @@ class Meter:
         self._pending: dict[str, UsageRecord] = {}
         self._waiters: dict[str, list[asyncio.Future[bool]]] = {}
         self._taken: dict[str, bool] = {}  # recently settled keys → taken (True) or refused
-        self._queue: list[tuple[str, asyncio.Future[None] | None]] = []
+        #: calls waiting for what was written so far to be on disk
+        self._syncing: list[asyncio.Future[None]] = []
+        #: lines noted while the journal is being compacted, written after it
+        self._held: list[str] | None = None
+        self._write_failed = False  # since the last fsync
+        self._compact_at = 0
         self._queued = asyncio.Event()
         self._wake = asyncio.Event()
         self._down = False
@@ -477,6 +504,7 @@ class Meter:
             log.info(
                 "%d usage records from the journal wait for the cost service", len(self._pending)
             )
+        self._compact_at = max(self._s.compact_bytes, 2 * self._file.size)
         self._tasks = [
             asyncio.create_task(self._writer(), name="usage-journal"),
             asyncio.create_task(self._sender(), name="usage-sender"),
@@ -568,10 +596,15 @@ class Meter:
             else None
         )
         self._open[key] = intent
+        # written to the OS now (a killed process still bills the call); waited for on disk
+        # only when so configured, or when the journal is being compacted
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_line("begin", intent), done)
+        if not self._s.fsync_before_call and self._held is None and not done.done():
+            done.cancel()  # the background fsync still covers it
         try:
-            await asyncio.shield(done)
+            if not done.cancelled():
+                await asyncio.shield(done)
         except errors.QuorumError:
             self._open.pop(key, None)
             if reserving is not None:
@@ -715,40 +748,68 @@ class Meter:
     # -- the writer ------------------------------------------------------------------------------
 
     def _enqueue(self, line: str, done: asyncio.Future[None] | None) -> None:
-        self._queue.append((line, done))
+        """Note ``line`` (in order, on this thread); ``done`` is resolved once it is on disk
+        (an Unavailable error when it cannot be written)."""
+        if line:
+            if self._held is not None:
+                self._held.append(line)
+            elif self._file is not None:
+                try:
+                    self._file.write(line)
+                except OSError as e:
+                    self._write_failed = True
+                    log.error("cannot write the usage journal %s: %s", self.path, e)
+                    if done is not None:
+                        done.set_exception(_journal_unwritable())
+                        return
+        if done is not None:
+            self._syncing.append(done)
         self._queued.set()
 
     async def _writer(self) -> None:
         assert self._file is not None
         journal = self._file
-        compact_at = max(self._s.compact_bytes, 2 * journal.size)
+        compact_at = self._compact_at
         while True:
             await self._queued.wait()
             self._queued.clear()
-            batch, self._queue = self._queue, []
-            if not batch:
-                continue
+            waiting, self._syncing = self._syncing, []
+            failed, self._write_failed = self._write_failed, False
             try:
-                await asyncio.to_thread(journal.append, [line for line, _ in batch])
+                if failed:
+                    raise OSError("a write failed")
+                await asyncio.to_thread(journal.sync)
                 if journal.size > compact_at:
-                    live = [_line("begin", r) for r in self._open.values()]
-                    live += [_line("usage", r) for r in self._pending.values()]
-                    await asyncio.to_thread(journal.compact, live)
+                    await self._compact(journal)
                     # a journal mostly live (a long outage) is not rewritten on every write
                     compact_at = max(self._s.compact_bytes, 2 * journal.size)
             except OSError as e:
                 log.error("cannot write the usage journal %s: %s", journal.path, e)
-                failure = errors.Unavailable(
-                    "usage cannot be recorded (the usage journal is not writable)",
-                    reason="USAGE_UNAVAILABLE",
-                )
-                for _, done in batch:
-                    if done is not None and not done.done():
-                        done.set_exception(failure)
+                for done in waiting:
+                    if not done.done():
+                        done.set_exception(_journal_unwritable())
                 continue
-            for _, done in batch:
-                if done is not None and not done.done():
+            for done in waiting:
+                if not done.done():
                     done.set_result(None)
+
+    async def _compact(self, journal: _JournalFile) -> None:
+        """Rewrite the journal with only its live entries; what is noted meanwhile is held
+        and written after."""
+        self._held = []
+        try:
+            live = [_line("begin", r) for r in self._open.values()]
+            live += [_line("usage", r) for r in self._pending.values()]
+            await asyncio.to_thread(journal.compact, live)
+        finally:
+            held, self._held = self._held, None
+            if held:
+                try:
+                    journal.write("".join(held))
+                except OSError:
+                    self._write_failed = True
+                    raise
+                self._queued.set()  # fsynced on the next round; their callers wait for it
 
     # -- the sender ------------------------------------------------------------------------------
 
@@ -762,6 +823,9 @@ class Meter:
                         await self._wake.wait()
             else:
                 await self._wake.wait()
+                if self._s.send_linger_s > 0 and not self._closing:
+                    # records settled meanwhile go in the same batch
+                    await asyncio.sleep(self._s.send_linger_s)
             self._wake.clear()
             while True:
                 # one batch at a time: nothing else sends, so the oldest are never in flight

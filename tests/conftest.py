@@ -84,6 +84,9 @@ def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     }
     env.update(OTEL_TRACES_EXPORTER="none", PYTHONUNBUFFERED="1")
     env.update({f"QUORUM_{s}__METRICS_ADDRESS": "127.0.0.1:0" for s in ("ROUTER", "VOTER", "COST")})
+    # answers wait (up to 2 s) until the cost service has taken their usage record, so that
+    # tests can check usage_recorded (by default nobody waits: the journal holds the record)
+    env["QUORUM_USAGE__RECORD_WAIT_S"] = "2.0"
     env.update(overrides or {})
     return env
 

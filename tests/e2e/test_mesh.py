@@ -41,6 +41,10 @@ moderation = "input"
 [voter]
 model_timeout_s = 2.0
 
+[usage]
+# answers wait until the cost service has the record, so usage_recorded can be checked
+record_wait_s = 2.0
+
 [providers.sim]
 base_url = "{url}"
 simulated = true

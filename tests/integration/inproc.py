@@ -87,6 +87,8 @@ def mesh_config(sim_url: str, *, cost_port: int, voter_port: int, moderation: st
         "triton_address": f"127.0.0.1:{free_port()}",  # nothing listens there
     }
     data["cost"]["address"] = f"127.0.0.1:{cost_port}"
+    # answers wait until the cost service has their record, so usage_recorded can be checked
+    data["usage"]["record_wait_s"] = 2.0
     # never the default ports: a mesh (or another test run) may be using them
     data["router"]["address"] = "127.0.0.1:0"
     data["voter"]["address"] = "127.0.0.1:0"

@@ -41,6 +41,7 @@ def mesh_data(triton_address: str) -> dict:
     }
     data["cost"]["address"] = f"127.0.0.1:{free_port()}"
     data["router"]["cost_address"] = data["cost"]["address"]
+    data["usage"]["record_wait_s"] = 2.0  # so that usage_recorded can be checked
     return data
 
 

@@ -13,6 +13,7 @@ name in the message and in ``metadata["field"]``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
@@ -283,7 +284,13 @@ async def _within_deadline(context: grpc.aio.ServicerContext[Any, Any], call: Aw
         context.time_remaining(), default_s=DEFAULT_TIMEOUT_S, max_s=MAX_TIMEOUT_S
     )
     try:
-        return await asyncio.wait_for(call, timeout=deadline.timeout())
+        timeout_s = deadline.timeout()  # DeadlineExceeded when the client's time is up
+    except DeadlineExceeded:
+        if inspect.iscoroutine(call):
+            call.close()  # never started: closed, not left for the garbage collector to warn
+        raise
+    try:
+        return await asyncio.wait_for(call, timeout=timeout_s)
     except TimeoutError:
         raise DeadlineExceeded(
             "the usage ledger did not answer in time", reason="DEADLINE_EXCEEDED"

@@ -1,23 +1,28 @@
 """The router's overhead over a direct provider call, and its throughput beside the LiteLLM proxy.
 
     .venv/bin/python bench/bench_router.py [--requests 300] [--seconds 10] [--concurrency 32]
-                                           [--no-litellm]
+                                           [--provider fast|simulator] [--no-litellm]
 
-Runs `quorum up` as a person does (no API key: Triton, cost, voter, router and the provider
-simulator on free loopback ports, a temporary data folder), then:
+Runs `quorum up` as a person does (Triton, cost, voter, router and the provider simulator on
+free loopback ports, a temporary data folder). The provider that gpt-4.1 is sent to is, by
+default (``--provider fast``), ``bench/fastprovider.py``: a stand-in that answers every
+request at once, with a key set for it as for a real provider, so that the figures are the
+router's and not the simulator's (the simulator costs about a millisecond of CPU a request
+and caps throughput near 150 requests/s here). ``--provider simulator`` uses the simulator.
+Then:
 
 1. **Overhead**, one request at a time: the same chat completion sent straight to the
-   simulator over HTTP (httpx, as the router sends it) and through the router's
-   ``Complete`` (generated stub), with moderation off and with input moderation (every local
-   judge on Triton). The overhead is the difference of the medians (and of the p99s).
+   provider over HTTP (httpx, as the router sends it) and through the router's ``Complete``
+   (generated stub), with moderation off and with input moderation (every local judge on
+   Triton). The overhead is the difference of the medians (and of the p99s).
 2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
-   simulator (the ceiling), through the router (moderation off, and input moderation), and
+   provider (the ceiling), through the router (moderation off, and input moderation), and
    through the LiteLLM proxy (one worker, like the one router process) in front of the same
-   simulator. LiteLLM is installed by this script into a virtual environment of its own
+   provider. LiteLLM is installed by this script into a virtual environment of its own
    (``.quorum/bench/litellm``; never a dependency of Quorum) on first use, from PyPI.
 
-Client, simulator and every server share this machine's cores, so the figures are what this
-machine does with all of them on it; the simulator adds no think time.
+Client, provider and every server share this machine's cores, so the figures are what this
+machine does with all of them on it; the provider adds no think time.
 """
 
 from __future__ import annotations
@@ -126,6 +131,19 @@ def _litellm_python() -> Path:
     return python
 
 
+def _start_provider() -> tuple[subprocess.Popen[bytes], str]:
+    """bench/fastprovider.py on a free port: (process, its /v1 URL)."""
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fastprovider.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith(b"listening"):
+        raise SystemExit(f"the fast provider did not start ({proc.wait()})")
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
 def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     python = _litellm_python()
     (port,) = free_ports(1)
@@ -177,7 +195,8 @@ def _row(label: str, ms: list[float], rate: int | None = None) -> str:
 
 
 async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Path) -> None:
-    direct_url = addresses["simulator"] + "/chat/completions"
+    provider = addresses["provider"]
+    direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
     async with (
@@ -188,7 +207,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
         direct = _http(http, direct_url, _body(MODEL))
         print(f"overhead, one request at a time ({args.requests} each, max_tokens {MAX_TOKENS}):")
         base = await _one_at_a_time(direct, args.requests)
-        print(_row("straight to the simulator (HTTP)", base))
+        print(_row(f"straight to the {args.provider} provider (HTTP)", base))
         for label, mode in (("moderation off", none), ("input moderation", inp)):
             ms = await _one_at_a_time(_complete(stub, mode), args.requests)
             print(_row(f"router Complete, {label}", ms))
@@ -200,7 +219,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
         print(f"throughput, {args.concurrency} calls in flight for {args.seconds:g} s:")
         rates: dict[str, int] = {}
         for label, call in (
-            ("straight to the simulator (HTTP)", direct),
+            (f"straight to the {args.provider} provider (HTTP)", direct),
             ("router Complete, moderation off", _complete(stub, none)),
             ("router Complete, input moderation", _complete(stub, inp)),
         ):
@@ -208,7 +227,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
             rates[label] = rate
             print(_row(label, ms, rate))
         if args.litellm:
-            proc, url = await asyncio.to_thread(_start_litellm, addresses["simulator"], tmp)
+            proc, url = await asyncio.to_thread(_start_litellm, provider, tmp)
             try:
                 rate, ms = await _saturated(
                     _http(http, url, _body(MODEL)), args.concurrency, args.seconds
@@ -226,16 +245,28 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="per one-at-a-time measurement")
     p.add_argument("--seconds", type=float, default=10.0, help="per throughput measurement")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--provider", choices=("fast", "simulator"), default="fast")
     p.add_argument("--no-litellm", dest="litellm", action="store_false")
     args = p.parse_args()
     print(f"router vs direct vs LiteLLM on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
-        proc, addresses, took = start_quorum_up(Path(tmp) / "mesh")
-        print(f"quorum up in {took:.1f} s", flush=True)
+        fast, env, url = None, {}, ""
+        if args.provider == "fast":
+            fast, url = _start_provider()
+            # gpt-4.1 is a real provider's model, with a key: the router calls the stand-in
+            env = {"QUORUM_PROVIDERS__OPENAI__BASE_URL": url, "OPENAI_API_KEY": "bench-key"}
         try:
-            asyncio.run(_measure(addresses, args, Path(tmp)))
+            proc, addresses, took = start_quorum_up(Path(tmp) / "mesh", env)
+            addresses["provider"] = url or addresses["simulator"]
+            print(f"quorum up in {took:.1f} s", flush=True)
+            try:
+                asyncio.run(_measure(addresses, args, Path(tmp)))
+            finally:
+                stop(proc)
         finally:
-            stop(proc)
+            if fast is not None:
+                fast.terminate()
+                fast.wait(10)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from services.cost.budgets import (
     zone,
 )
 from services.cost.ledger import Ledger, LedgerEntry, Recorded, ToRecord, now_us
-from services.cost.reports import ReportRow, needs_time, report
+from services.cost.reports import Report, needs_time, split
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class Call:
     usage: TokenUsage
     occurred_at_us: int
     estimated: bool = False
+    #: answered by a simulated model: recorded apart from real spend
+    simulated: bool = False
 
 
 class Spending:
@@ -104,6 +106,7 @@ class Spending:
             tenant=call.tenant,
             cached_input_tokens=call.usage.cached_input_tokens,
             official_cost_micros=None if official is None else official[0].micros,
+            simulated=call.simulated,
         )
 
     async def record(self, call: Call, reservation_id: str = "") -> Recorded:
@@ -196,12 +199,14 @@ class Spending:
         model: str | None,
         by: str,
         time_zone: str,
-    ) -> list[ReportRow]:
+    ) -> Report:
+        """The usage grouped ``by`` model, tenant, day or month: real calls' rows, and the
+        simulated calls' apart."""
         zone(time_zone)  # InvalidArgument before any query
         groups = await self._ledger.usage_groups(
             start_us=start_us, end_us=end_us, tenant=tenant, model=model, by_time=needs_time(by)
         )
-        return report(groups, by, time_zone)
+        return split(groups, by, time_zone)
 
     async def statuses(self, tenant: str | None) -> list[Status]:
         """The status of ``tenant``'s budgets (every tenant's when None), in key order."""

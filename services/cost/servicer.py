@@ -37,7 +37,7 @@ from quorum.usage import MAX_BATCH_RECORDS
 from services.cost import prices, reports
 from services.cost.budgets import Budget, Status
 from services.cost.ledger import Ledger, ModelTotals, Recorded, Summary, now_us
-from services.cost.spending import DEFAULT_TTL_US, MAX_TTL_US, Call, Spending
+from services.cost.spending import DEFAULT_TTL_US, MAX_TTL_US, Call, Spending, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +302,13 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
         *,
         clock: Callable[[], int] = now_us,
         spending: Spending | None = None,
+        tenants: Tenants | None = None,
     ) -> None:
+        """``tenants`` says which tenants exist (with API keys on; None: keys are off and any
+        tenant name is taken), for a ``spending`` made here."""
         self._registry = registry
-        self._ledger = ledger
         self._clock = clock
-        self._spending = spending or Spending(registry, ledger, clock=clock)
+        self._spending = spending or Spending(registry, ledger, clock=clock, tenants=tenants)
 
     @map_errors
     async def RecordUsage(
@@ -562,7 +564,7 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
             trace.get_current_span().set_attribute("gen_ai.request.model", model)
         tenant = auth.tenant_scope(_tenant(request.tenant) if request.tenant else None)
         summary = await _within_deadline(
-            context, self._ledger.summary(start_us=start, end_us=end, model=model, tenant=tenant)
+            context, self._spending.summary(start_us=start, end_us=end, model=model, tenant=tenant)
         )
         return _summary_response(summary)
 

@@ -183,7 +183,8 @@ class CostServiceServicer:
         currency that an official exchange rate in effect now does not convert every covered
         model's billing currency into (from its current price on) is INVALID_ARGUMENT, reason
         INVALID_FIELD, field budget.limit.currency, and nothing is written: the budget could not
-        count its calls.
+        count its calls. With API keys on, a tenant no key belongs to is NOT_FOUND, reason
+        TENANT_NOT_FOUND, field budget.tenant, and nothing is written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

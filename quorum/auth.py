@@ -19,6 +19,10 @@ second), so a revoked key stops working within about a second.
 Without ``[auth] enabled``, no key is asked for and every caller is trusted as an admin of the
 tenant named by the ``quorum-tenant`` metadata (``default`` without it). Services refuse to
 start that way on anything but a loopback address.
+
+With keys, the tenants are those some key belongs to, active or revoked
+(:meth:`KeyStore.has_tenant`): a request that names any other tenant names nobody. Without
+keys any well-formed tenant name is one.
 """
 
 from __future__ import annotations
@@ -158,11 +162,26 @@ class KeyStore:
             raise Unauthenticated("the API key is not valid", reason="INVALID_KEY")
         return Identity(key.tenant, Role(key.role), key.id)
 
-    def _refresh(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked < RELOAD_EVERY_S:
+    def has_tenant(self, tenant: str) -> bool:
+        """Whether a key belongs to ``tenant``: an active one, or a revoked one (its tenant's
+        budgets and usage stay readable). Not found, the file is looked at again at once, so a
+        key just made counts."""
+        self._refresh()
+        if not self._any_of(tenant):
+            self._refresh(now=True)
+        return self._any_of(tenant)
+
+    def _any_of(self, tenant: str) -> bool:
+        return any(k.tenant == tenant for k in self._keys.values())
+
+    def _refresh(self, *, force: bool = False, now: bool = False) -> None:
+        """Read the file again when it changed: at most once a second unless ``now`` or
+        ``force``; a broken file raises ConfigError only with ``force`` (else the keys read
+        before are kept)."""
+        at = time.monotonic()
+        if not (force or now) and at - self._checked < RELOAD_EVERY_S:
             return
-        self._checked = now
+        self._checked = at
         try:
             st = self.path.stat()
         except FileNotFoundError:

@@ -247,21 +247,24 @@ def _cost_report(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             return _fail(e, "cost")
     if args.csv:
-        # an official cost that cannot be computed is an empty cell, never 0; the last column
-        # says how many of the row's requests lack one
+        # an official cost that cannot be computed is an empty cell, never 0; the column after
+        # it says how many of the row's requests lack one. The real rows come first, then the
+        # simulated calls' rows (simulated = true: what they would have cost, no real spend)
         def amount(m: common_pb2.Money, present: bool = True) -> str:
             return protoconv.format_money(m).split()[0] if present else ""
 
         out = csv.writer(sys.stdout, lineterminator="\n")
         out.writerow([args.by, "currency", "requests", "input_tokens", "output_tokens",
                       "cost", "estimated_requests", "official_cost", "saving",
-                      "requests_without_official_cost"])  # fmt: skip
-        for r in resp.rows:
-            known = r.HasField("official_cost")
-            out.writerow([r.key, r.cost.currency, r.requests, r.usage.input_tokens,
-                          r.usage.output_tokens, amount(r.cost), r.estimated_requests,
-                          amount(r.official_cost, known), amount(r.saving, known),
-                          r.requests_without_official_cost])  # fmt: skip
+                      "requests_without_official_cost", "simulated"])  # fmt: skip
+        for simulated, rows in ((False, resp.rows), (True, resp.simulated_rows)):
+            for r in rows:
+                known = r.HasField("official_cost")
+                out.writerow([r.key, r.cost.currency, r.requests, r.usage.input_tokens,
+                              r.usage.output_tokens, amount(r.cost), r.estimated_requests,
+                              amount(r.official_cost, known), amount(r.saving, known),
+                              r.requests_without_official_cost,
+                              "true" if simulated else "false"])  # fmt: skip
         return 0
     return _show(args, resp, lambda r: format_report(r, args.by))
 

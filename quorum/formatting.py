@@ -85,20 +85,43 @@ def format_completion(resp: router_pb2.CompleteResponse, *, with_text: bool = Tr
     return "\n".join(lines)
 
 
+#: the heading of the simulated calls' part of a usage summary or report
+SIMULATED_HEADING = (
+    "simulated calls (answered by the provider simulator: no money spent, no budget counts "
+    "them; cost is what they would have cost):"
+)
+
+
+def _usage_line(label: str, requests: int, usage: common_pb2.Usage, cost: str) -> str:
+    return f"{label:<20} {requests:>8} {usage.input_tokens:>8} {usage.output_tokens:>8}  {cost}"
+
+
 def format_usage(resp: cost_pb2.GetUsageSummaryResponse) -> str:
-    if not resp.models:
+    """Real usage and spend per model with its total, then the simulated calls apart."""
+    if not resp.models and not resp.simulated_models:
         return "no usage recorded yet"
+    money = protoconv.format_money
     lines = [f"{'model':<20} {'requests':>8} {'in':>8} {'out':>8}  cost"]
     for m in resp.models:
-        lines.append(
-            f"{m.model:<20} {m.requests:>8} {m.usage.input_tokens:>8} {m.usage.output_tokens:>8}"
-            f"  {protoconv.format_money(m.cost)}"
+        lines.append(_usage_line(m.model, m.requests, m.usage, money(m.cost)))
+    totals = "; ".join(money(t) for t in resp.totals) or "-"
+    lines.append(_usage_line("total", resp.requests, resp.usage, totals))
+    if resp.simulated_models:
+        lines.append(SIMULATED_HEADING)
+        for m in resp.simulated_models:
+            lines.append(_usage_line(m.model, m.requests, m.usage, money(m.cost)))
+        simulated = common_pb2.Usage(
+            input_tokens=sum(m.usage.input_tokens for m in resp.simulated_models),
+            output_tokens=sum(m.usage.output_tokens for m in resp.simulated_models),
         )
-    totals = "; ".join(protoconv.format_money(t) for t in resp.totals)
-    lines.append(
-        f"{'total':<20} {resp.requests:>8} {resp.usage.input_tokens:>8} "
-        f"{resp.usage.output_tokens:>8}  {totals}"
-    )
+        lines.append(
+            _usage_line(
+                "simulated total",
+                resp.simulated_requests,
+                simulated,
+                "; ".join(money(t) for t in resp.simulated_totals),
+            )
+        )
     if resp.usage.cached_input_tokens:
         lines.append(
             f"{resp.usage.cached_input_tokens} of the input tokens came from the providers' "
@@ -161,19 +184,31 @@ def _report_cells(r: cost_pb2.ReportRow) -> tuple[str, str, str]:
     return money(r.cost), money(r.official_cost), money(r.saving)
 
 
+def _labelled(
+    rows: Sequence[cost_pb2.ReportRow], totals: Sequence[cost_pb2.ReportRow], total: str
+) -> list[tuple[str, cost_pb2.ReportRow]]:
+    """The rows under their keys, then the totals (one line, or one per currency)."""
+    labels = [total] if len(totals) == 1 else [f"{total} {t.key}" for t in totals]
+    return [*((r.key, r) for r in rows), *zip(labels, totals, strict=True)]
+
+
 def format_report(resp: cost_pb2.GetUsageReportResponse, by: str) -> str:
-    if not resp.rows:
+    """The real calls' rows and totals, then the simulated calls' apart (same columns)."""
+    if not resp.rows and not resp.simulated_rows:
         return "no usage in that range"
-    totals = list(resp.currency_totals)
-    labels = ["total"] if len(totals) == 1 else [f"total {t.key}" for t in totals]
-    rows = [*resp.rows, *totals]
-    keys = [*(r.key for r in resp.rows), *labels]
-    cells = [_report_cells(r) for r in rows]
-    width = max(12, *(len(k) for k in keys))
-    w = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(_MONEY_HEADS)]
+    real = _labelled(resp.rows, resp.currency_totals, "total")
+    simulated = _labelled(resp.simulated_rows, resp.simulated_currency_totals, "total")
+    # one set of column widths for both parts
+    every = [(key, r, _report_cells(r)) for key, r in (*real, *simulated)]
+    width = max(12, *(len(key) for key, _, _ in every))
+    w = [max(len(h), *(len(c[i]) for _, _, c in every)) for i, h in enumerate(_MONEY_HEADS)]
     head = "  ".join(f"{h:>{n}}" for h, n in zip(_MONEY_HEADS, w, strict=True))
     lines = [f"{by:<{width}} {'requests':>8} {'in':>10} {'out':>10}  {head}"]
-    for key, r, c in zip(keys, rows, cells, strict=True):
+    for i, (key, r, c) in enumerate(every):
+        if i == 0 and not real:
+            lines.append("(no real calls in that range)")
+        if i == len(real):
+            lines.append(SIMULATED_HEADING)
         shown = "  ".join(f"{v:>{n}}" for v, n in zip(c, w, strict=True))
         lines.append(
             f"{key:<{width}} {r.requests:>8} {r.usage.input_tokens:>10} "
@@ -181,7 +216,7 @@ def format_report(resp: cost_pb2.GetUsageReportResponse, by: str) -> str:
         )
     if resp.estimated_requests:
         lines.append(f"{resp.estimated_requests} of the requests have estimated token counts")
-    without = sum(r.requests_without_official_cost for r in resp.rows)
+    without = sum(r.requests_without_official_cost for r in (*resp.rows, *resp.simulated_rows))
     if without:
         lines.append(
             f"{without} of the requests have no official cost (no official exchange rate "

@@ -241,7 +241,8 @@ def rpc_served(method: str, code: str, seconds: float) -> None:
 
 class UsageObserver:
     """Counts each settled usage record's tokens and cost (a :class:`quorum.usage.Meter`'s
-    ``on_settled``); records of models the registry does not know are not counted."""
+    ``on_settled``); records of models the registry does not know are not counted, and a
+    simulated call's tokens are counted but not its cost: nothing was billed."""
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
@@ -258,6 +259,8 @@ class UsageObserver:
         }
         ins.tokens.record(rec.input_tokens, {**base, "gen_ai.token.type": "input"})
         ins.tokens.record(rec.output_tokens, {**base, "gen_ai.token.type": "output"})
+        if rec.simulated:
+            return
         usage = TokenUsage(rec.input_tokens, rec.output_tokens, rec.cached_input_tokens)
         try:
             cost = bill(spec.name, spec.pricing, usage, rec.occurred_at_us, self._registry.rates)

@@ -38,6 +38,11 @@ writer task fsyncs them off the request path; when it grows past ``compact_bytes
 rewritten with only the live entries and renamed into place. One process owns a journal (an
 exclusive ``flock``). Records the cost service refuses for good (e.g. a model it does not
 know) are kept in ``<journal>.rejected.jsonl`` for a person, never re-sent and never dropped.
+
+A call answered by a simulated model (the provider simulator standing in for a model with no
+API key) goes the same way, its records marked ``simulated`` from the intent on: the cost
+service keeps it apart from real spend, and it is never reserved against a budget (no money is
+at stake).
 """
 
 from __future__ import annotations
@@ -111,6 +116,8 @@ class UsageRecord:
     reservation_id: str = ""
     #: the part of ``input_tokens`` the provider served from its prompt cache
     cached_input_tokens: int = 0
+    #: answered by a simulated model: recorded apart from real spend, never reserved
+    simulated: bool = False
 
     def to_proto(self) -> cost_pb2.RecordUsageRequest:
         ts = timestamp_pb2.Timestamp()
@@ -128,6 +135,7 @@ class UsageRecord:
             estimated=self.estimated,
             tenant=self.tenant,
             reservation_id=self.reservation_id,
+            simulated=self.simulated,
         )
 
 
@@ -565,6 +573,7 @@ class Meter:
         count_input: Callable[[], int] | None = None,
         tenant: str = DEFAULT_TENANT,
         budget: Budgeted | None = None,
+        simulated: bool = False,
     ) -> Charge:
         """Note a call before it is made (durably); raises Unavailable when the backlog is
         full or the journal cannot be written. ``input_tokens`` may be a cheap figure (it is
@@ -574,7 +583,10 @@ class Meter:
         With ``budget`` (and ``[usage] reserve`` on), the most the call may cost is first
         reserved against ``tenant``'s budgets: a hard budget that cannot hold it raises
         ResourceExhausted (BUDGET_EXCEEDED) and nothing is noted. The record commits the
-        reservation; a call voided releases it."""
+        reservation; a call voided releases it.
+
+        A ``simulated`` call (a simulated model answers it) is recorded marked so and never
+        reserved: it spends nothing, and budgets do not count it."""
         if self._file is None or self._closing:
             raise errors.Unavailable("usage recording is not running", reason="USAGE_UNAVAILABLE")
         self._check_backlog()
@@ -587,12 +599,13 @@ class Meter:
             occurred_at_us=now_us(),
             estimated=True,
             tenant=tenant,
+            simulated=simulated,
         )
         # the reservation is asked for while the intent is made durable; the intent does not
         # name it (after a crash the call is billed without it, and the reservation expires)
         reserving = (
             asyncio.ensure_future(self._reserve(key, tenant, model, budget))
-            if budget is not None and self._s.reserve
+            if budget is not None and self._s.reserve and not simulated
             else None
         )
         self._open[key] = intent

@@ -185,19 +185,30 @@ func usageSummary(cost costv1.CostServiceClient) error {
 	if err != nil {
 		return err
 	}
-	totals, models := []obj{}, []obj{}
-	for _, t := range r.GetTotals() {
-		totals = append(totals, money(t))
+	amounts := func(ms []*commonv1.Money) []obj {
+		out := []obj{}
+		for _, m := range ms {
+			out = append(out, money(m))
+		}
+		return out
 	}
-	for _, m := range r.GetModels() {
-		models = append(models, obj{"model": m.GetModel(), "requests": i64(m.GetRequests()), "cost": money(m.GetCost())})
+	perModel := func(ms []*costv1.ModelUsage) []obj {
+		out := []obj{}
+		for _, m := range ms {
+			out = append(out, obj{"model": m.GetModel(), "requests": i64(m.GetRequests()), "cost": money(m.GetCost())})
+		}
+		return out
 	}
 	emit(obj{
 		"call":     "GetUsageSummary",
 		"requests": i64(r.GetRequests()),
 		"usage":    usage(r.GetUsage()),
-		"totals":   totals,
-		"models":   models,
+		"totals":   amounts(r.GetTotals()),
+		"models":   perModel(r.GetModels()),
+		// calls answered by simulated models: what they would have cost, apart from real spend
+		"simulated_requests": i64(r.GetSimulatedRequests()),
+		"simulated_totals":   amounts(r.GetSimulatedTotals()),
+		"simulated_models":   perModel(r.GetSimulatedModels()),
 	})
 	return nil
 }

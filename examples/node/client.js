@@ -177,12 +177,17 @@ function completeStream(router) {
 
 async function usageSummary(cost) {
   const r = await unary(cost, "GetUsageSummary", {});
+  const perModel = (m) => ({ model: m.model, requests: m.requests, cost: m.cost });
   print({
     call: "GetUsageSummary",
     requests: r.requests,
     usage: r.usage,
     totals: r.totals,
-    models: r.models.map((m) => ({ model: m.model, requests: m.requests, cost: m.cost })),
+    models: r.models.map(perModel),
+    // calls answered by simulated models: what they would have cost, apart from real spend
+    simulated_requests: r.simulated_requests,
+    simulated_totals: r.simulated_totals,
+    simulated_models: r.simulated_models.map(perModel),
   });
 }
 

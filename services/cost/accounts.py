@@ -13,10 +13,13 @@ PostgreSQL, nothing in SQLite, whose write transactions are already serialised
 (``BEGIN IMMEDIATE``).
 
 Tables (schema version 3; version 4 adds ``usage.cached_input_tokens``, version 5
-``usage.official_cost_micros``): ``usage`` gains ``tenant``; ``budgets`` holds one row per
-(tenant, model or ""); ``budget_spend`` keeps, per budget and month, what was spent per
-currency (kept up to date by every insert into ``usage``, rebuilt for the current month when
-a budget is set); ``reservations`` holds amounts set aside before calls.
+``usage.official_cost_micros``, version 6 ``usage.simulated``): ``usage`` gains ``tenant``;
+``budgets`` holds one row per (tenant, model or ""); ``budget_spend`` keeps, per budget and
+month, what was spent per currency (kept up to date by every insert into ``usage``, rebuilt for
+the current month when a budget is set); ``reservations`` holds amounts set aside before calls.
+
+A usage row marked ``simulated`` (a simulated model answered the call) is kept apart from
+real spend: no budget's spend counts it, and reports sum it in groups of its own.
 """
 
 from __future__ import annotations
@@ -95,6 +98,11 @@ V3_USAGE_TENANT = "ALTER TABLE usage ADD COLUMN tenant TEXT NOT NULL DEFAULT 'de
 #: exchange rate, in the row's currency; NULL when no official rate converted the pair at the
 #: call's time, and for every row recorded before version 5 (nothing here can price those)
 V5_USAGE_OFFICIAL = "ALTER TABLE usage ADD COLUMN official_cost_micros BIGINT"
+
+#: schema version 6, per database (each spells a flag as its ``estimated`` column does): the
+#: call was answered by a simulated model; false for every row recorded before version 6
+V6_USAGE_SIMULATED_SQLITE = "ALTER TABLE usage ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0"
+V6_USAGE_SIMULATED_PG = "ALTER TABLE usage ADD COLUMN simulated BOOLEAN NOT NULL DEFAULT false"
 
 OPEN, COMMITTED, RELEASED = "open", "committed", "released"
 #: how long closed or expired reservations are kept (for late commits and for answers to
@@ -194,7 +202,7 @@ def lock_budgets(calls: Iterable[tuple[str, str]]) -> Program[dict[tuple[str, st
 USAGE_COLUMNS = (
     "request_id, model, source, input_tokens, output_tokens, cost_micros, currency, "
     "occurred_at_us, estimated, recorded_at_us, tenant, cached_input_tokens, "
-    "official_cost_micros"
+    "official_cost_micros, simulated"
 )
 
 
@@ -215,12 +223,14 @@ def insert_usage(
     currency: str,
     occurred_at_us: int,
     budgets: Sequence[Budget] | None = None,
+    simulated: bool = False,
 ) -> Program[Inserted]:
     """Insert one usage row (``values`` in ``USAGE_COLUMNS`` order) unless its request id is
     known; a new row is added to the spend of every budget it counts against: ``budgets``
-    when the caller has them locked already (:func:`lock_budgets`), else :func:`covering`."""
+    when the caller has them locked already (:func:`lock_budgets`), else :func:`covering`.
+    A ``simulated`` row counts against no budget."""
     rows = yield Sql(
-        f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
+        f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
         "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
         values,
     )
@@ -230,6 +240,8 @@ def insert_usage(
             (values[0],),
         )
         return Inserted(stored[0])
+    if simulated:
+        return Inserted(None)
     if budgets is None:
         budgets = yield from covering(tenant, model)
     for budget in budgets:
@@ -348,7 +360,8 @@ def held(budget: Budget, now_us: int) -> Program[Held]:
 
 def set_budget(budget: Budget, now_us: int) -> Program[Budget]:
     """Create or replace a budget and rebuild its spend for the current month from the
-    usage rows (the month depends on the time zone, which may have changed)."""
+    usage rows that are not simulated (the month depends on the time zone, which may have
+    changed)."""
     yield Sql(
         f"INSERT INTO budgets ({_BUDGET_COLUMNS}, updated_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "  # noqa: S608
         "ON CONFLICT (tenant, model) DO UPDATE SET limit_micros = excluded.limit_micros, "
@@ -374,7 +387,7 @@ def set_budget(budget: Budget, now_us: int) -> Program[Budget]:
     yield Sql(
         "INSERT INTO budget_spend (tenant, model, period_start_us, currency, micros) "  # noqa: S608
         "SELECT tenant, ?, ?, currency, SUM(cost_micros) FROM usage "
-        "WHERE tenant = ? AND occurred_at_us >= ? AND occurred_at_us < ?"
+        "WHERE tenant = ? AND occurred_at_us >= ? AND occurred_at_us < ? AND NOT simulated"
         + model_filter
         + " GROUP BY tenant, currency",
         (budget.model, start, budget.tenant, start, end)
@@ -571,6 +584,8 @@ class UsageGroup:
     official_known_micros: int
     #: how many of the requests have none
     requests_without_official: int
+    #: the requests were answered by a simulated model
+    simulated: bool = False
 
 
 def usage_groups(
@@ -582,8 +597,8 @@ def usage_groups(
     by_time: bool,
 ) -> Program[list[UsageGroup]]:
     """The usage rows in ``[start_us, end_us)`` (bounds optional), of one tenant and one
-    model when given, summed per tenant, model, currency and, with ``by_time``, quarter-hour,
-    with the sum of their official costs and how many have none."""
+    model when given, summed per tenant, model, currency, simulated or not and, with
+    ``by_time``, quarter-hour, with the sum of their official costs and how many have none."""
     where: list[str] = []
     params: list[object] = []
     for clause, value in (
@@ -599,9 +614,9 @@ def usage_groups(
     rows = yield Sql(
         f"SELECT tenant, model, currency, {quarter}, COUNT(*), SUM(input_tokens), "  # noqa: S608
         "SUM(output_tokens), SUM(cost_micros), SUM(CASE WHEN estimated THEN 1 ELSE 0 END), "
-        "SUM(official_cost_micros), COUNT(*) - COUNT(official_cost_micros) FROM usage"
+        "SUM(official_cost_micros), COUNT(*) - COUNT(official_cost_micros), simulated FROM usage"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + " GROUP BY tenant, model, currency"
+        + " GROUP BY tenant, model, currency, simulated"
         + (f", {quarter}" if by_time else ""),
         tuple(params),
     )
@@ -609,9 +624,9 @@ def usage_groups(
 
 
 def _group(row: Sequence[Any], by_time: bool) -> UsageGroup:
-    t, m, c, q, n, i, o, cost, est, official, without = row
+    t, m, c, q, n, i, o, cost, est, official, without, sim = row
     quarter = int(q) * QUARTER_US if by_time else None
     return UsageGroup(
         str(t), str(m), str(c), quarter, int(n), int(i), int(o), int(cost), int(est),
-        0 if official is None else int(official), int(without),
+        0 if official is None else int(official), int(without), bool(sim),
     )  # fmt: skip

@@ -8,14 +8,18 @@ replicas share; both pass the same tests.
 Contract every backend keeps:
 
 - ``record`` is idempotent on ``request_id``. The first record wins; recording the same
-  request id again with the same model and token counts (cached input tokens included)
-  returns the *stored* record (its cost and official cost, even if prices or rates changed
-  since) with ``duplicate=True``. The same request id with a different model or different
-  token counts raises :class:`~quorum.errors.FailedPrecondition`
-  (reason ``REQUEST_ID_REUSED``). ``source`` and ``occurred_at`` are not compared: a retry
-  that lets ``occurred_at`` default to "now" is still the same call.
-- ``summary`` sums integers only (tokens and micro-units), grouped per model *and* currency,
-  over ``start_us <= occurred_at_us < end_us``.
+  request id again with the same tenant, model, token counts (cached input tokens included)
+  and ``simulated`` flag returns the *stored* record (its cost and official cost, even if
+  prices or rates changed since) with ``duplicate=True``. The same request id with a
+  different tenant, model, token counts or ``simulated`` flag raises
+  :class:`~quorum.errors.FailedPrecondition` (reason ``REQUEST_ID_REUSED``): a simulated
+  call is never the same call as a real one. ``source`` and ``occurred_at`` are not
+  compared: a retry that lets ``occurred_at`` default to "now" is still the same call.
+- A ``simulated`` record (a simulated model answered the call) is stored and priced like any
+  other but is no one's spend: no budget counts it, and ``summary`` and the report groups
+  keep it apart from the real records.
+- ``summary`` sums integers only (tokens and micro-units), grouped per model *and* currency
+  (and simulated or not), over ``start_us <= occurred_at_us < end_us``.
 - A storage failure while serving raises :class:`~quorum.errors.Unavailable` (reason
   ``LEDGER_UNAVAILABLE``) with a message of ours; the driver's message is only logged.
 - Records are written behind a bounded queue, many callers' records in one transaction
@@ -80,12 +84,14 @@ class LedgerEntry:
     #: a rate of its own); None when no official rate converted the pair then, and for records
     #: stored before the ledger kept it (schema version 5)
     official_cost_micros: int | None = None
+    #: answered by a simulated model: no budget counts it, reports keep it apart
+    simulated: bool = False
 
     def same_call(self, other: LedgerEntry) -> bool:
         """Whether ``other`` describes the same call (what a retry must repeat)."""
         return self._key() == other._key()
 
-    def _key(self) -> tuple[str, str, str, int, int, int]:
+    def _key(self) -> tuple[str, str, str, int, int, int, bool]:
         return (
             self.request_id,
             self.tenant,
@@ -93,6 +99,7 @@ class LedgerEntry:
             self.input_tokens,
             self.output_tokens,
             self.cached_input_tokens,
+            self.simulated,
         )
 
     def values(self, recorded_at_us: int) -> tuple[object, ...]:
@@ -111,6 +118,7 @@ class LedgerEntry:
             self.tenant,
             self.cached_input_tokens,
             self.official_cost_micros,
+            self.simulated,
         )
 
 
@@ -140,13 +148,33 @@ class ModelTotals:
     cost_micros: int
     estimated_requests: int = 0
     cached_input_tokens: int = 0
+    #: the calls were answered by a simulated model
+    simulated: bool = False
+
+
+def model_totals(row: Sequence[Any]) -> ModelTotals:
+    """A summary query's row: model, currency, then the sums of requests, input tokens,
+    output tokens, cost, estimated requests and cached input tokens, then simulated."""
+    m, c, n, i, o, cost, est, ci, sim = row
+    return ModelTotals(
+        str(m), str(c), int(n), int(i), int(o), int(cost), int(est), int(ci), bool(sim)
+    )
+
+
+def _per_currency(groups: Sequence[ModelTotals]) -> tuple[Amount, ...]:
+    sums: dict[str, int] = {}
+    for g in groups:
+        sums[g.currency] = sums.get(g.currency, 0) + g.cost_micros
+    return tuple(Amount(m, c) for c, m in sorted(sums.items()))
 
 
 @dataclass(frozen=True)
 class Summary:
-    """Totals over a time range. ``models`` is sorted by (model, currency); a model that
-    billed in two currencies in the range has one entry per currency. ``totals`` has one
-    amount per currency, sorted by currency."""
+    """Totals over a time range: real spend, and apart from it what simulated calls would
+    have cost. ``models`` (real) and ``simulated_models`` are sorted by (model, currency); a
+    model that billed in two currencies in the range has one entry per currency. ``totals``
+    (real) and ``simulated_totals`` have one amount per currency, sorted by currency; every
+    other total counts the real calls only."""
 
     models: tuple[ModelTotals, ...]
     requests: int
@@ -155,20 +183,26 @@ class Summary:
     totals: tuple[Amount, ...]
     estimated_requests: int = 0
     cached_input_tokens: int = 0
+    simulated_models: tuple[ModelTotals, ...] = ()
+    simulated_requests: int = 0
+    simulated_totals: tuple[Amount, ...] = ()
 
     @classmethod
     def of(cls, groups: Sequence[ModelTotals]) -> Summary:
-        per_currency: dict[str, int] = {}
-        for g in groups:
-            per_currency[g.currency] = per_currency.get(g.currency, 0) + g.cost_micros
+        ordered = sorted(groups, key=lambda g: (g.model, g.currency))
+        real = [g for g in ordered if not g.simulated]
+        simulated = [g for g in ordered if g.simulated]
         return cls(
-            models=tuple(sorted(groups, key=lambda g: (g.model, g.currency))),
-            requests=sum(g.requests for g in groups),
-            input_tokens=sum(g.input_tokens for g in groups),
-            output_tokens=sum(g.output_tokens for g in groups),
-            totals=tuple(Amount(m, c) for c, m in sorted(per_currency.items())),
-            estimated_requests=sum(g.estimated_requests for g in groups),
-            cached_input_tokens=sum(g.cached_input_tokens for g in groups),
+            models=tuple(real),
+            requests=sum(g.requests for g in real),
+            input_tokens=sum(g.input_tokens for g in real),
+            output_tokens=sum(g.output_tokens for g in real),
+            totals=_per_currency(real),
+            estimated_requests=sum(g.estimated_requests for g in real),
+            cached_input_tokens=sum(g.cached_input_tokens for g in real),
+            simulated_models=tuple(simulated),
+            simulated_requests=sum(g.requests for g in simulated),
+            simulated_totals=_per_currency(simulated),
         )
 
 
@@ -261,7 +295,8 @@ class Ledger(Protocol):
 def reused(request_id: str) -> FailedPrecondition:
     return FailedPrecondition(
         f"request_id {request_id!r} was already recorded for a different call "
-        "(another model or other token counts)",
+        "(another tenant, model or token counts, or simulated where it was real or the "
+        "other way round)",
         reason="REQUEST_ID_REUSED",
         metadata={"request_id": request_id},
     )
@@ -287,6 +322,7 @@ def repeat_of(usage: LedgerEntry, row: Sequence[Any]) -> Recorded:
         tenant=str(row[10]),
         cached_input_tokens=int(row[11]),
         official_cost_micros=None if row[12] is None else int(row[12]),
+        simulated=bool(row[13]),
     )
     if not stored.same_call(usage):
         raise reused(usage.request_id)
@@ -341,6 +377,7 @@ def record_program(
         currency=usage.currency,
         occurred_at_us=usage.occurred_at_us,
         budgets=budgets,
+        simulated=usage.simulated,
     )
     recorded = (
         Recorded(usage, now_us, duplicate=False)
@@ -385,13 +422,16 @@ def record_batch(
     The records run in request-id order (records with the same id in the order given),
     after the budgets they count against have been locked (:func:`accounts.lock_budgets`):
     every batch takes its locks in one global order (budgets, then request ids), so batches
-    of two replicas that share ids or budgets wait for each other but never deadlock."""
-    budgets = yield from accounts.lock_budgets((u.tenant, u.model) for u, _ in usages)
+    of two replicas that share ids or budgets wait for each other but never deadlock. (A
+    simulated record counts against no budget: it locks none.)"""
+    budgets = yield from accounts.lock_budgets(
+        (u.tenant, u.model) for u, _ in usages if not u.simulated
+    )
     out: list[Recorded | QuorumError | None] = [None] * len(usages)
     for i in sorted(range(len(usages)), key=lambda i: usages[i][0].request_id):
         usage, reservation_id = usages[i]
         program = record_program(
-            usage, reservation_id or None, now_us, budgets[usage.tenant, usage.model]
+            usage, reservation_id or None, now_us, budgets.get((usage.tenant, usage.model), [])
         )
         if savepoints:
             yield Sql(f"SAVEPOINT {_SAVEPOINT}")
@@ -458,6 +498,11 @@ def _v5_official_cost(conn: sqlite3.Connection) -> None:
     conn.execute(accounts.V5_USAGE_OFFICIAL)
 
 
+def _v6_simulated(conn: sqlite3.Connection) -> None:
+    # calls answered by a simulated model (every older row was recorded as a real call)
+    conn.execute(accounts.V6_USAGE_SIMULATED_SQLITE)
+
+
 #: Schema steps in order; step ``i`` takes ``PRAGMA user_version`` from ``i`` to ``i + 1``.
 #: Append new steps (new tables, columns, indexes); never edit or reorder released ones.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -466,6 +511,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v3_budgets,
     _v4_cached_input,
     _v5_official_cost,
+    _v6_simulated,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -703,15 +749,11 @@ class SqliteLedger(ProgramLedger):
         where, params = summary_filter(start_us, end_us, model, "?", tenant)
         sql = (
             "SELECT model, currency, COUNT(*), SUM(input_tokens), SUM(output_tokens), "  # noqa: S608
-            "SUM(cost_micros), SUM(estimated), SUM(cached_input_tokens) FROM usage"
+            "SUM(cost_micros), SUM(estimated), SUM(cached_input_tokens), simulated FROM usage"
             + where
-            + " GROUP BY model, currency ORDER BY model, currency"
+            + " GROUP BY model, currency, simulated"
         )
-        groups = [
-            ModelTotals(str(m), str(c), int(n), int(i), int(o), int(cost), int(est), int(ci))
-            for m, c, n, i, o, cost, est, ci in self._conn.execute(sql, params)
-        ]
-        return Summary.of(groups)
+        return Summary.of([model_totals(row) for row in self._conn.execute(sql, params)])
 
     async def ping(self) -> bool:
         try:

@@ -49,12 +49,12 @@ from services.cost.accounts import Program, Rows, Sql
 from services.cost.groupcommit import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUED, GroupCommit
 from services.cost.ledger import (
     SCHEMA_VERSION,
-    ModelTotals,
     ProgramLedger,
     Recorded,
     SavepointsNeeded,
     Summary,
     ToRecord,
+    model_totals,
     now_us,
     record_batch,
     summary_filter,
@@ -179,6 +179,7 @@ PG_MIGRATIONS: tuple[PgMigration, ...] = (
     (accounts.V3_USAGE_TENANT, *accounts.V3_TABLES),
     _PG_V4_CACHED_INPUT,
     (accounts.V5_USAGE_OFFICIAL,),
+    (accounts.V6_USAGE_SIMULATED_PG,),
 )
 assert len(PG_MIGRATIONS) == SCHEMA_VERSION, "PostgreSQL and SQLite schemas must step together"
 
@@ -398,22 +399,14 @@ class PostgresLedger(ProgramLedger):
         where, params = summary_filter(start_us, end_us, model, "%s", tenant)
         # SUM of BIGINT is NUMERIC in PostgreSQL: exact, read back as Decimal, turned into int
         sql = (
-            "SELECT model, currency, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
-            "SUM(cost_micros), COUNT(*) FILTER (WHERE estimated), SUM(cached_input_tokens) "
-            "FROM usage" + where + " GROUP BY model, currency"
+            "SELECT model, currency, COUNT(*), SUM(input_tokens), SUM(output_tokens), "  # noqa: S608
+            "SUM(cost_micros), COUNT(*) FILTER (WHERE estimated), SUM(cached_input_tokens), "
+            "simulated FROM usage" + where + " GROUP BY model, currency, simulated"
         )
 
         async def query(conn: psycopg.AsyncConnection[Any]) -> Summary:
             cur = await conn.execute(sql, params)
-            rows = await cur.fetchall()
-            return Summary.of(
-                [
-                    ModelTotals(
-                        str(m), str(c), int(n), int(i), int(o), int(cost), int(est), int(ci)
-                    )
-                    for m, c, n, i, o, cost, est, ci in rows
-                ]
-            )
+            return Summary.of([model_totals(row) for row in await cur.fetchall()])
 
         return await self._run(query)
 

@@ -6,7 +6,10 @@ the official exchange rate of its time, in the currency it was billed in), what 
 rate would have cost and the saving. A row holding any record without an official cost (no
 official rate converted its pair then, or it was recorded before the ledger kept one) has no
 official figure at all, and says how many records lack one: a sum over part of the row would
-compare with nothing."""
+compare with nothing.
+
+Calls answered by simulated models are reported apart (:func:`split`): their rows never mix
+with the real ones, nor their totals with real spend."""
 
 from __future__ import annotations
 
@@ -88,6 +91,23 @@ def report(groups: Iterable[UsageGroup], by: str, time_zone: str = "UTC") -> lis
         key = key_of(g.tenant, g.model, g.quarter_us, by, time_zone)
         _add(sums.setdefault((key, g.currency), [0] * _FIELDS), _values(g))
     return [ReportRow(k, c, *v) for (k, c), v in sorted(sums.items())]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report's rows: the real calls', and apart from them the simulated calls'."""
+
+    rows: list[ReportRow]
+    simulated_rows: list[ReportRow]
+
+
+def split(groups: Iterable[UsageGroup], by: str, time_zone: str = "UTC") -> Report:
+    """:func:`report` of the real groups and, apart, of the simulated ones."""
+    real: list[UsageGroup] = []
+    simulated: list[UsageGroup] = []
+    for g in groups:
+        (simulated if g.simulated else real).append(g)
+    return Report(report(real, by, time_zone), report(simulated, by, time_zone))
 
 
 def totals(rows: Iterable[ReportRow]) -> list[ReportRow]:

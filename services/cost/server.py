@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from quorum.auth import KeyStore
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.server import HealthMonitor, create_server
 from services.cost.config import CostSettings
@@ -52,7 +53,9 @@ async def create(
             max_batch=settings.max_batch_records,
             max_queued=settings.max_queued_records,
         )
-    servicer = CostServicer(settings.registry, ledger)
+    # with keys on, the tenants are those the keys file names (read again as it changes)
+    tenants = KeyStore(settings.auth.keys_file).has_tenant if settings.auth.enabled else None
+    servicer = CostServicer(settings.registry, ledger, tenants=tenants)
 
     def register(server: grpc.aio.Server) -> None:
         cost_pb2_grpc.add_CostServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

@@ -37,8 +37,8 @@ from quorum.registry import Registry
 from quorum.usage import MAX_BATCH_RECORDS
 from services.cost import prices, reports
 from services.cost.budgets import Budget, Status
-from services.cost.ledger import Ledger, Recorded, Summary, now_us
-from services.cost.spending import DEFAULT_TTL_US, MAX_TTL_US, Call, Spending
+from services.cost.ledger import Ledger, ModelTotals, Recorded, Summary, now_us
+from services.cost.spending import DEFAULT_TTL_US, MAX_TTL_US, Call, Spending, Tenants
 
 log = logging.getLogger(__name__)
 
@@ -193,22 +193,23 @@ def _estimate_response(e: prices.Estimate) -> cost_pb2.EstimateCostResponse:
     return out
 
 
+def _model_usage(g: ModelTotals) -> cost_pb2.ModelUsage:
+    return cost_pb2.ModelUsage(
+        model=g.model,
+        requests=g.requests,
+        usage=common_pb2.Usage(
+            input_tokens=g.input_tokens,
+            output_tokens=g.output_tokens,
+            cached_input_tokens=g.cached_input_tokens,
+        ),
+        cost=_money(g.cost_micros, g.currency),
+        estimated_requests=g.estimated_requests,
+    )
+
+
 def _summary_response(summary: Summary) -> cost_pb2.GetUsageSummaryResponse:
     return cost_pb2.GetUsageSummaryResponse(
-        models=[
-            cost_pb2.ModelUsage(
-                model=g.model,
-                requests=g.requests,
-                usage=common_pb2.Usage(
-                    input_tokens=g.input_tokens,
-                    output_tokens=g.output_tokens,
-                    cached_input_tokens=g.cached_input_tokens,
-                ),
-                cost=_money(g.cost_micros, g.currency),
-                estimated_requests=g.estimated_requests,
-            )
-            for g in summary.models
-        ],
+        models=[_model_usage(g) for g in summary.models],
         requests=summary.requests,
         usage=common_pb2.Usage(
             input_tokens=summary.input_tokens,
@@ -217,6 +218,9 @@ def _summary_response(summary: Summary) -> cost_pb2.GetUsageSummaryResponse:
         ),
         totals=[_money(t.micros, t.currency) for t in summary.totals],
         estimated_requests=summary.estimated_requests,
+        simulated_models=[_model_usage(g) for g in summary.simulated_models],
+        simulated_requests=summary.simulated_requests,
+        simulated_totals=[_money(t.micros, t.currency) for t in summary.simulated_totals],
     )
 
 
@@ -305,11 +309,13 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
         *,
         clock: Callable[[], int] = now_us,
         spending: Spending | None = None,
+        tenants: Tenants | None = None,
     ) -> None:
+        """``tenants`` says which tenants exist (with API keys on; None: keys are off and any
+        tenant name is taken), for a ``spending`` made here."""
         self._registry = registry
-        self._ledger = ledger
         self._clock = clock
-        self._spending = spending or Spending(registry, ledger, clock=clock)
+        self._spending = spending or Spending(registry, ledger, clock=clock, tenants=tenants)
 
     @map_errors
     async def RecordUsage(
@@ -342,7 +348,10 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
             if request.HasField("occurred_at")
             else self._clock()
         )
-        call = Call(request_id, tenant, name, source, usage, occurred_at, request.estimated)
+        call = Call(
+            request_id, tenant, name, source, usage, occurred_at, request.estimated,
+            request.simulated,
+        )  # fmt: skip
         return call, reservation_id
 
     async def _record(
@@ -366,6 +375,7 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
                 "quorum.cost.currency": stored.currency,
                 "quorum.usage.duplicate": recorded.duplicate,
                 "quorum.usage.estimated": stored.estimated,
+                "quorum.usage.simulated": stored.simulated,
             }
         )
         if recorded.duplicate:
@@ -517,7 +527,7 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
         if by is None:
             raise invalid("group_by", f"unknown grouping {request.group_by}")
         time_zone = request.time_zone or "UTC"
-        rows = await _within_deadline(
+        found = await _within_deadline(
             context,
             self._spending.report(
                 start_us=start,
@@ -528,6 +538,7 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
                 time_zone=time_zone,
             ),
         )
+        rows = found.rows
         per_currency = reports.totals(rows)
         return cost_pb2.GetUsageReportResponse(
             group_by=request.group_by or cost_pb2.REPORT_GROUPING_MODEL,
@@ -541,6 +552,11 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
                 output_tokens=sum(r.output_tokens for r in rows),
             ),
             estimated_requests=sum(r.estimated_requests for r in rows),
+            simulated_rows=[_report_row(r) for r in found.simulated_rows],
+            simulated_currency_totals=[
+                _report_row(t) for t in reports.totals(found.simulated_rows)
+            ],
+            simulated_requests=sum(r.requests for r in found.simulated_rows),
         )
 
     @map_errors
@@ -555,7 +571,7 @@ class CostServicer(cost_pb2_grpc.CostServiceServicer):
             trace.get_current_span().set_attribute("gen_ai.request.model", model)
         tenant = auth.tenant_scope(_tenant(request.tenant) if request.tenant else None)
         summary = await _within_deadline(
-            context, self._ledger.summary(start_us=start, end_us=end, model=model, tenant=tenant)
+            context, self._spending.summary(start_us=start, end_us=end, model=model, tenant=tenant)
         )
         return _summary_response(summary)
 

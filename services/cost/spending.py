@@ -1,6 +1,13 @@
 """The cost service's domain, between the servicer (protos) and the ledger (storage): prices
 calls, records them, holds and reports budgets, and tells watchers when a tenant's budgets
-may have changed. No gRPC here."""
+may have changed. No gRPC here.
+
+Which tenants exist is the API keys' business (:mod:`quorum.auth`): with keys on, a budget
+set, a budget status or watch, a usage summary or report that names a tenant no key belongs
+to is NotFound (``TENANT_NOT_FOUND``, the field named) before anything is read or written.
+Usage records and reservations are taken for any tenant all the same (a call that was made
+is billed, whatever became of its keys), and deleting a budget needs only the budget (one
+set while keys were off can be removed). With keys off, any tenant name is taken."""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from quorum.backends.types import TokenUsage
-from quorum.errors import QuorumError, ResourceExhausted
+from quorum.errors import NotFound, QuorumError, ResourceExhausted
 from quorum.pricing import Cost
 from quorum.registry import Registry
 from services.cost import prices
@@ -24,8 +31,8 @@ from services.cost.budgets import (
     status,
     zone,
 )
-from services.cost.ledger import Ledger, LedgerEntry, Recorded, ToRecord, now_us
-from services.cost.reports import ReportRow, needs_time, report
+from services.cost.ledger import Ledger, LedgerEntry, Recorded, Summary, ToRecord, now_us
+from services.cost.reports import Report, needs_time, split
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,9 @@ MAX_WATCHERS = 256
 #: how often reservations closed long ago are dropped
 PURGE_EVERY_US = 3_600 * 1_000_000
 
+#: whether a tenant exists (some API key belongs to it); None: keys are off, any tenant does
+Tenants = Callable[[str], bool]
+
 
 @dataclass(frozen=True)
 class Call:
@@ -51,6 +61,8 @@ class Call:
     usage: TokenUsage
     occurred_at_us: int
     estimated: bool = False
+    #: answered by a simulated model: recorded apart from real spend
+    simulated: bool = False
 
 
 class Spending:
@@ -62,9 +74,11 @@ class Spending:
         convert: Convert | None = None,
         clock: Callable[[], int] = now_us,
         watch_poll_s: float = WATCH_POLL_S,
+        tenants: Tenants | None = None,
     ) -> None:
         self._registry = registry
         self._ledger = ledger
+        self._tenants = tenants
         # budgets count costs in other currencies at the official rates of the day
         self._convert = convert or registry.rates.convert
         self._clock = clock
@@ -74,6 +88,17 @@ class Spending:
         self._watchers = 0
         self._purged_at = clock()
         self._purging: asyncio.Task[None] | None = None
+
+    def known_tenant(self, tenant: str, field: str) -> str:
+        """``tenant`` when requests may name it (see the module docstring); NotFound
+        (TENANT_NOT_FOUND) naming ``field`` otherwise."""
+        if self._tenants is not None and not self._tenants(tenant):
+            raise NotFound(
+                f"{field}: no tenant {tenant!r} (no API key belongs to it)",
+                reason="TENANT_NOT_FOUND",
+                metadata={"field": field, "tenant": tenant},
+            )
+        return tenant
 
     def price(self, model: str, usage: TokenUsage, at_us: int) -> tuple[str, Cost]:
         """The registry name of ``model`` (NotFound MODEL_NOT_FOUND) and what ``usage`` costs
@@ -104,6 +129,7 @@ class Spending:
             tenant=call.tenant,
             cached_input_tokens=call.usage.cached_input_tokens,
             official_cost_micros=None if official is None else official[0].micros,
+            simulated=call.simulated,
         )
 
     async def record(self, call: Call, reservation_id: str = "") -> Recorded:
@@ -175,12 +201,14 @@ class Spending:
     async def set_budget(self, budget: Budget) -> Status:
         """Create or replace ``budget``; InvalidArgument naming the field, before anything is
         written, when a value is out of range or the budget's currency cannot count every call
-        it covers (:func:`prices.check_budget_currency`)."""
+        it covers (:func:`prices.check_budget_currency`), and NotFound (TENANT_NOT_FOUND, field
+        ``budget.tenant``) when its tenant is unknown."""
         budget = check_budget(budget)
         prices.check_budget_currency(self._registry, budget.currency, budget.model, self._clock())
+        self.known_tenant(budget.tenant, "budget.tenant")
         await self._ledger.set_budget(budget)
         await self._touch()
-        (found,) = [s for s in await self.statuses(budget.tenant) if s.budget == budget]
+        (found,) = [s for s in await self._statuses(budget.tenant) if s.budget == budget]
         return found
 
     async def delete_budget(self, tenant: str, model: str) -> None:
@@ -196,15 +224,34 @@ class Spending:
         model: str | None,
         by: str,
         time_zone: str,
-    ) -> list[ReportRow]:
+    ) -> Report:
+        """The usage grouped ``by`` model, tenant, day or month: real calls' rows, and the
+        simulated calls' apart."""
         zone(time_zone)  # InvalidArgument before any query
+        if tenant is not None:
+            self.known_tenant(tenant, "tenant")
         groups = await self._ledger.usage_groups(
             start_us=start_us, end_us=end_us, tenant=tenant, model=model, by_time=needs_time(by)
         )
-        return report(groups, by, time_zone)
+        return split(groups, by, time_zone)
+
+    async def summary(
+        self, *, start_us: int | None, end_us: int, model: str | None, tenant: str | None
+    ) -> Summary:
+        """The usage in ``[start_us, end_us)``, of one model and one tenant when given."""
+        if tenant is not None:
+            self.known_tenant(tenant, "tenant")
+        return await self._ledger.summary(
+            start_us=start_us, end_us=end_us, model=model, tenant=tenant
+        )
 
     async def statuses(self, tenant: str | None) -> list[Status]:
         """The status of ``tenant``'s budgets (every tenant's when None), in key order."""
+        if tenant is not None:
+            self.known_tenant(tenant, "tenant")
+        return await self._statuses(tenant)
+
+    async def _statuses(self, tenant: str | None) -> list[Status]:
         now = self._clock()
         return [self._status(h, now) for h in await self._ledger.budget_holds(tenant)]
 
@@ -222,6 +269,7 @@ class Spending:
     async def watch(self, tenant: str) -> AsyncIterator[tuple[Status, tuple[float, ...]]]:
         """Each budget of ``tenant`` now, then each one again when it changed, with the
         thresholds the change reached. Runs until the caller stops iterating."""
+        self.known_tenant(tenant, "tenant")
         if self._watchers >= MAX_WATCHERS:
             raise ResourceExhausted(
                 f"too many budget watchers (at most {MAX_WATCHERS})", reason="TOO_MANY_WATCHERS"
@@ -231,7 +279,7 @@ class Spending:
             sent: dict[tuple[str, str], Status] = {}
             while True:
                 seen = self._version
-                for s in await self.statuses(tenant):
+                for s in await self._statuses(tenant):
                     key = (s.budget.tenant, s.budget.model)
                     before = sent.get(key)
                     if before is not None and _same(before, s):

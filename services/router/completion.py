@@ -531,7 +531,8 @@ class Completer:
         self, prompt: Prompt, spec: ModelSpec, request: ChatRequest, deadline: Deadline
     ) -> Charge:
         """Reserve the call's most possible cost against the tenant's budgets, and note the
-        call in the usage journal, before it is made."""
+        call in the usage journal, before it is made (a simulated model's call is noted
+        simulated and not reserved: see :meth:`Meter.begin`)."""
         max_output = request.max_tokens or spec.max_output_tokens
         return await self._meter.begin(
             usage_key(prompt.request_id, "complete", uuid.uuid4().hex[:12]),
@@ -543,6 +544,7 @@ class Completer:
             budget=Budgeted(
                 tokens.most_messages(request.messages), max_output, deadline.remaining()
             ),
+            simulated=spec.simulated,
         )
 
     async def _attempts(

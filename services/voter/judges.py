@@ -112,7 +112,8 @@ class LLMJudge:
 
     Its calls are the tenant's spend like any other: billed to the tenant, and reserved
     against its hard budgets (at most its input at a token per 3 bytes and ``max_tokens`` of
-    output, held for the call's timeout), as the router's own calls are."""
+    output, held for the call's timeout), as the router's own calls are. A simulated judge's
+    calls are recorded marked simulated and not reserved (see :meth:`Meter.begin`)."""
 
     def __init__(
         self, spec: ModelSpec, chat: OpenAIChat, meter: Meter, *, max_tokens: int = 300
@@ -145,6 +146,7 @@ class LLMJudge:
             count_input=lambda: tokens.count_messages(request.messages),
             tenant=tenant,
             budget=Budgeted(tokens.most_messages(request.messages), self._max_tokens, timeout_s),
+            simulated=self.spec.simulated,
         )
         try:
             result = await self._chat.complete(self._backend, request, timeout_s=timeout_s)

@@ -50,12 +50,14 @@ def usage_request(
     *,
     at: int | None = None,
     source: str = "router",
+    simulated: bool = False,
 ) -> cost_pb2.RecordUsageRequest:
     req = cost_pb2.RecordUsageRequest(
         request_id=request_id,
         model=model,
         usage=common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens),
         source=source,
+        simulated=simulated,
     )
     if at is not None:
         req.occurred_at.seconds = at
@@ -316,6 +318,40 @@ async def test_a_batch_on_a_ledger_that_is_gone_is_unavailable_per_record(
         grpc.StatusCode.UNAVAILABLE.value[0], "LEDGER_UNAVAILABLE"
     )  # fmt: skip
     assert result_error(resp.results[1])[1] == "MODEL_NOT_FOUND"  # its own error first
+
+
+async def test_a_simulated_call_is_priced_but_kept_apart_from_real_spend(cost: CostHarness) -> None:
+    sim = await cost.stub.RecordUsage(usage_request("sim", at=T0, simulated=True), timeout=5)
+    assert sim.cost == common_pb2.Money(micros=6000, currency="USD")  # what it would have cost
+    await cost.stub.RecordUsage(usage_request("real", "deepseek-v3.2", at=T0), timeout=5)
+    # the same id as a real call is another call; as a simulated one again, a retry
+    err = await rpc_error(cost.stub.RecordUsage(usage_request("sim", at=T0), timeout=5))
+    assert error_info(err).reason == "REQUEST_ID_REUSED"
+    again = await cost.stub.RecordUsage(usage_request("sim", simulated=True), timeout=5)
+    assert again.duplicate
+
+    s = await cost.stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
+    assert [(m.model, m.requests) for m in s.models] == [("deepseek-v3.2", 1)]
+    assert (s.requests, list(s.totals)) == (1, [common_pb2.Money(micros=350, currency="USD")])
+    assert [(m.model, m.requests, m.cost.micros) for m in s.simulated_models] == [
+        ("gpt-4.1", 1, 6000)
+    ]
+    assert s.simulated_requests == 1
+    assert list(s.simulated_totals) == [common_pb2.Money(micros=6000, currency="USD")]
+
+    r = await cost.stub.GetUsageReport(cost_pb2.GetUsageReportRequest(), timeout=5)
+    assert [(row.key, row.requests, row.cost.micros) for row in r.rows] == [
+        ("deepseek-v3.2", 1, 350)
+    ]
+    assert (r.requests, [t.micros for t in r.totals]) == (1, [350])
+    assert [t.cost.micros for t in r.currency_totals] == [350]
+    assert [(row.key, row.requests, row.cost.micros) for row in r.simulated_rows] == [
+        ("gpt-4.1", 1, 6000)
+    ]
+    assert [(t.key, t.requests, t.cost.micros) for t in r.simulated_currency_totals] == [
+        ("USD", 1, 6000)
+    ]
+    assert r.simulated_requests == 1
 
 
 # --- GetUsageSummary ---------------------------------------------------------------------------

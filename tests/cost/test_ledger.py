@@ -56,6 +56,7 @@ def rec(
     occurred_at_us: int = 1_700_000_000_000_000,
     source: str = "router",
     cached_input_tokens: int = 0,
+    simulated: bool = False,
 ) -> LedgerEntry:
     return LedgerEntry(
         request_id=request_id,
@@ -67,6 +68,7 @@ def rec(
         currency=currency,
         occurred_at_us=occurred_at_us,
         cached_input_tokens=cached_input_tokens,
+        simulated=simulated,
     )
 
 
@@ -105,6 +107,8 @@ async def test_same_call_again_is_a_duplicate_with_the_first_cost(ledger: AnyLed
         {"input_tokens": 1001},
         {"output_tokens": 499},
         {"cached_input_tokens": 100},
+        {"tenant": "globex"},
+        {"simulated": True},  # a simulated answer is never the real call it shares an id with
     ],
 )
 async def test_reusing_a_request_id_for_another_call_is_an_error(
@@ -166,6 +170,36 @@ async def test_summary_groups_per_model_and_currency(ledger: AnyLedger) -> None:
     only = await ledger.summary(model="gpt-4.1")
     assert [(g.currency, g.requests) for g in only.models] == [("CNY", 1), ("USD", 2)]
     assert only.totals == (Amount(3, "CNY"), Amount(300, "USD"))
+
+
+async def test_simulated_records_are_summed_apart_from_real_spend(ledger: AnyLedger) -> None:
+    await ledger.record(rec("real", input_tokens=10, output_tokens=1, cost_micros=100))
+    await ledger.record(rec("sim-a", input_tokens=20, output_tokens=2, cost_micros=200,
+                            simulated=True))  # fmt: skip
+    await ledger.record(
+        rec("sim-b", "deepseek-v3.2", cost_micros=7, currency="CNY", simulated=True)
+    )
+    again = await ledger.record(rec("sim-a", input_tokens=20, output_tokens=2, cost_micros=1,
+                                    simulated=True))  # fmt: skip
+    assert again.duplicate and again.record.simulated and again.record.cost_micros == 200
+    s = await ledger.summary()
+    # the real totals hold the real call only
+    assert s.models == (ModelTotals("gpt-4.1", "USD", 1, 10, 1, 100),)
+    assert (s.requests, s.input_tokens, s.output_tokens, s.totals) == (
+        1, 10, 1, (Amount(100, "USD"),),
+    )  # fmt: skip
+    assert s.simulated_models == (
+        ModelTotals("deepseek-v3.2", "CNY", 1, 1000, 500, 7, simulated=True),
+        ModelTotals("gpt-4.1", "USD", 1, 20, 2, 200, simulated=True),
+    )
+    assert s.simulated_requests == 2
+    assert s.simulated_totals == (Amount(7, "CNY"), Amount(200, "USD"))
+    only = await ledger.summary(model="deepseek-v3.2")
+    assert (only.requests, only.simulated_requests) == (0, 1)
+    groups = sorted(await ledger.usage_groups(), key=lambda g: (g.model, g.simulated))
+    assert [(g.model, g.simulated, g.requests, g.cost_micros) for g in groups] == [
+        ("deepseek-v3.2", True, 1, 7), ("gpt-4.1", False, 1, 100), ("gpt-4.1", True, 1, 200),
+    ]  # fmt: skip
 
 
 async def test_cached_input_tokens_are_stored_and_summed(ledger: AnyLedger) -> None:
@@ -241,7 +275,7 @@ async def test_sqlite_database_uses_wal_and_the_current_schema_version(tmp_path:
         assert cols == [
             "request_id", "model", "source", "input_tokens", "output_tokens",
             "cost_micros", "currency", "occurred_at_us", "recorded_at_us", "estimated", "tenant",
-            "cached_input_tokens", "official_cost_micros",
+            "cached_input_tokens", "official_cost_micros", "simulated",
         ]  # fmt: skip
         indexes = {r[1]: r[2] for r in conn.execute("PRAGMA index_list(usage)")}
         assert "usage_occurred_at" in indexes
@@ -262,8 +296,9 @@ def test_sqlite_migrate_applies_only_the_missing_steps(tmp_path: Path) -> None:
         )  # data of v1 must survive the later steps
         assert migrate(conn) == SCHEMA_VERSION
         assert conn.execute(
-            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros FROM usage"
-        ).fetchall() == [(0, "default", 0, None)]  # no official cost known for older rows
+            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros, simulated "
+            "FROM usage"
+        ).fetchall() == [(0, "default", 0, None, 0)]  # no official cost known for older rows
 
         def add_budgets(c: sqlite3.Connection) -> None:
             c.execute("CREATE TABLE later_step (name TEXT PRIMARY KEY, limit_micros INTEGER)")
@@ -531,6 +566,7 @@ calls_st = st.lists(
         output_tokens=st.just(5),
         cost_micros=st.integers(0, 1000),
         occurred_at_us=st.integers(0, 1000),
+        simulated=st.booleans(),
     ),
     max_size=20,
 )
@@ -590,6 +626,7 @@ records_st = st.lists(
         cost_micros=st.integers(0, 10**12),
         currency=st.sampled_from(CURRENCIES),
         occurred_at_us=st.integers(0, 1000),
+        simulated=st.booleans(),
     ),
     unique_by=lambda r: r.request_id,
     max_size=25,
@@ -622,7 +659,8 @@ def test_summary_equals_the_sum_of_distinct_records(
     retries = data.draw(st.lists(st.sampled_from(records), max_size=25) if records else st.just([]))
     calls = data.draw(st.permutations([*records, *retries]))
 
-    def oracle() -> tuple[dict[tuple[str, str], ModelTotals], dict[str, int]]:
+    def oracle(simulated: bool) -> tuple[dict[tuple[str, str], ModelTotals], dict[str, int]]:
+        """The real groups and totals, or the simulated ones."""
         groups: dict[tuple[str, str], list[LedgerEntry]] = defaultdict(list)
         for r in records:
             if start is not None and r.occurred_at_us < start:
@@ -630,6 +668,8 @@ def test_summary_equals_the_sum_of_distinct_records(
             if end is not None and r.occurred_at_us >= end:
                 continue
             if model is not None and r.model != model:
+                continue
+            if r.simulated != simulated:
                 continue
             groups[r.model, r.currency].append(r)
         totals: dict[str, int] = defaultdict(int)
@@ -643,6 +683,7 @@ def test_summary_equals_the_sum_of_distinct_records(
                 sum(r.output_tokens for r in rs),
                 sum(r.cost_micros for r in rs),
                 cached_input_tokens=sum(r.cached_input_tokens for r in rs),
+                simulated=simulated,
             )
             totals[c] += out[m, c].cost_micros
         return out, dict(totals)
@@ -656,7 +697,7 @@ def test_summary_equals_the_sum_of_distinct_records(
             s = await led.summary(start_us=start, end_us=end, model=model)
         finally:
             await led.close()
-        groups, totals = oracle()
+        groups, totals = oracle(simulated=False)
         assert {(g.model, g.currency): g for g in s.models} == groups
         assert len(s.models) == len(groups)
         assert list(s.models) == sorted(s.models, key=lambda g: (g.model, g.currency))
@@ -665,6 +706,12 @@ def test_summary_equals_the_sum_of_distinct_records(
         assert s.input_tokens == sum(g.input_tokens for g in groups.values())
         assert s.output_tokens == sum(g.output_tokens for g in groups.values())
         assert s.cached_input_tokens == sum(g.cached_input_tokens for g in groups.values())
+        # the simulated records: apart, and in none of the totals above
+        sim_groups, sim_totals = oracle(simulated=True)
+        assert {(g.model, g.currency): g for g in s.simulated_models} == sim_groups
+        assert len(s.simulated_models) == len(sim_groups)
+        assert s.simulated_totals == tuple(Amount(m, c) for c, m in sorted(sim_totals.items()))
+        assert s.simulated_requests == sum(g.requests for g in sim_groups.values())
 
     asyncio.run(run())
 
@@ -700,7 +747,7 @@ async def test_postgres_schema_mirrors_sqlite_and_records_its_steps(pg_url: str)
         ("input_tokens", "bigint"), ("output_tokens", "bigint"), ("cost_micros", "bigint"),
         ("currency", "text"), ("occurred_at_us", "bigint"), ("recorded_at_us", "bigint"),
         ("estimated", "boolean"), ("tenant", "text"), ("cached_input_tokens", "bigint"),
-        ("official_cost_micros", "bigint"),
+        ("official_cost_micros", "bigint"), ("simulated", "boolean"),
     ]  # fmt: skip
     indexes = await fetch(
         pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
@@ -718,9 +765,10 @@ async def test_postgres_migrate_applies_only_the_missing_steps(pg_url: str) -> N
         await conn.execute("INSERT INTO usage VALUES ('keep', 'm', 's', 1, 2, 3, 'USD', 4, 5)")
         assert await migrate_pg(conn) == SCHEMA_VERSION
         cur = await conn.execute(
-            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros FROM usage"
+            "SELECT estimated, tenant, cached_input_tokens, official_cost_micros, simulated "
+            "FROM usage"
         )
-        assert await cur.fetchall() == [(False, "default", 0, None)]
+        assert await cur.fetchall() == [(False, "default", 0, None, False)]
 
         add_budgets = ("CREATE TABLE later_step (name TEXT PRIMARY KEY, limit_micros BIGINT)",)
         assert await migrate_pg(conn, (*PG_MIGRATIONS, add_budgets)) == SCHEMA_VERSION + 1

@@ -78,6 +78,29 @@ async def test_a_budget_holds_what_its_tenant_spent_this_month(ledger: AnyLedger
     assert await spent_reserved(ledger) == (3_000, 0)
 
 
+async def test_simulated_calls_count_against_no_budget(ledger: AnyLedger) -> None:
+    await ledger.record(replace(usage("sim-before", 4_000), simulated=True))
+    await ledger.record(usage("real-before", 1_000))
+    await ledger.set_budget(budget(10_000))
+    await ledger.set_budget(budget(10_000, model="m-a"))
+    # the month's spend, rebuilt when the budget was set, left the simulated call out
+    assert await spent_reserved(ledger) == (1_000, 0)
+    await ledger.record(replace(usage("sim-after", 50_000), simulated=True))
+    await ledger.record_many([(replace(usage("sim-batch", 50_000), simulated=True), "")])
+    await ledger.record(usage("real-after", 2_000))
+    assert await spent_reserved(ledger) == (3_000, 0)
+    assert await spent_reserved(ledger, model="m-a") == (3_000, 0)
+    # past the limit in simulated calls, the hard budget still holds real ones
+    await reserve(ledger, "r1", 7_000)
+    # a simulated record that commits a reservation (made before it was known to be one)
+    # closes it and adds nothing
+    r = await reserve(ledger, "r2", 0)
+    await ledger.commit(replace(usage("sim-commit", 9_000), simulated=True), r.id)
+    assert await spent_reserved(ledger) == (3_000, 7_000)
+    await ledger.set_budget(budget(10_000))  # rebuilt again: the same
+    assert await spent_reserved(ledger) == (3_000, 7_000)
+
+
 async def test_a_model_budget_counts_only_its_model(ledger: AnyLedger) -> None:
     await ledger.set_budget(budget(100_000, model="m-b"))
     await ledger.set_budget(budget(100_000))
@@ -345,3 +368,9 @@ async def test_usage_groups_per_tenant_model_currency_and_quarter_hour(ledger: A
     assert est.estimated_requests == 1 and est.input_tokens == 10 and est.output_tokens == 20
     (late,) = await ledger.usage_groups(start_us=t0 + 1, end_us=t0 + QUARTER)
     assert (late.requests, late.cost_micros) == (1, 20)
+    # simulated calls of the same tenant and model are a group of their own
+    await ledger.record(replace(usage("f", 320, at_us=t0), simulated=True))
+    both = await ledger.usage_groups(tenant="acme", model="m-a")
+    assert sorted((g.simulated, g.requests, g.cost_micros) for g in both) == [
+        (False, 3, 70), (True, 1, 320),
+    ]  # fmt: skip

@@ -733,6 +733,9 @@ async def test_cli_report_shows_the_official_cost_and_the_saving_as_a_table_csv_
 ) -> None:
     async with serving(REPORTED, store, tmp_path) as (stub, address):
         await record_the_reported_calls(stub)
+        # and a simulated call: shown apart, in none of the real rows and totals
+        simulated = usage_request("s1", "gpt-4.1", at=T1 - 1, simulated=True)
+        await stub.RecordUsage(simulated, timeout=5)
         args = ("cost", "report", "--until", "2030-01-01", "--cost", address)
         code, out, err = await quorum(capsys, *args)
         assert (code, err) == (0, "")
@@ -751,6 +754,12 @@ async def test_cli_report_shows_the_official_cost_and_the_saving_as_a_table_csv_
             "       unknown",
             "total USD           1       1000        500  0.006000 USD  0.006000 USD"
             "  0.000000 USD",
+            "simulated calls (answered by the provider simulator: no money spent, no budget "
+            "counts them; cost is what they would have cost):",
+            "gpt-4.1             1       1000        500  0.006000 USD  0.006000 USD"
+            "  0.000000 USD",
+            "total               1       1000        500  0.006000 USD  0.006000 USD"
+            "  0.000000 USD",
             "1 of the requests have no official cost (no official exchange rate converted their "
             "list price at their time, or they were recorded before the ledger kept official "
             "costs): official and saving are unknown for their rows",
@@ -759,11 +768,12 @@ async def test_cli_report_shows_the_official_cost_and_the_saving_as_a_table_csv_
         assert code == 0
         assert out.splitlines() == [
             "model,currency,requests,input_tokens,output_tokens,cost,estimated_requests,"
-            "official_cost,saving,requests_without_official_cost",
-            "gpt-4.1,USD,1,1000,500,0.006000,0,0.006000,0.000000,0",
-            "official-gpt,CNY,1,1000,500,0.043800,0,0.043800,0.000000,0",
-            "resold-gbp,CNY,1,1000,500,0.006000,0,,,1",  # empty cells, not 0
-            "resold-gpt,CNY,2,2000,1000,0.012000,0,0.085800,0.073800,0",
+            "official_cost,saving,requests_without_official_cost,simulated",
+            "gpt-4.1,USD,1,1000,500,0.006000,0,0.006000,0.000000,0,false",
+            "official-gpt,CNY,1,1000,500,0.043800,0,0.043800,0.000000,0,false",
+            "resold-gbp,CNY,1,1000,500,0.006000,0,,,1,false",  # empty cells, not 0
+            "resold-gpt,CNY,2,2000,1000,0.012000,0,0.085800,0.073800,0,false",
+            "gpt-4.1,USD,1,1000,500,0.006000,0,0.006000,0.000000,0,true",
         ]
         code, out, _ = await quorum(capsys, *args, "--json")
         assert code == 0
@@ -776,6 +786,9 @@ async def test_cli_report_shows_the_official_cost_and_the_saving_as_a_table_csv_
         assert "officialCost" not in unknown and "saving" not in unknown  # unset, not 0
         assert unknown["requestsWithoutOfficialCost"] == "1"
         assert [t["key"] for t in doc["currencyTotals"]] == ["CNY", "USD"]
+        assert doc["requests"] == "5" and doc["simulatedRequests"] == "1"
+        assert [(r["key"], r["requests"]) for r in doc["simulatedRows"]] == [("gpt-4.1", "1")]
+        assert doc["simulatedCurrencyTotals"][0]["cost"] == {"micros": "6000", "currency": "USD"}
 
 
 # --- SetBudget: a currency the price book can count the budget's calls in -----------------------

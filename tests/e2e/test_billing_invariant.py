@@ -42,9 +42,10 @@ retry_interval_s = 0.2
 [cost]
 address = "127.0.0.1:{cost_port}"
 
+# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
+# kept out of spend and budgets)
 [providers.sim]
 base_url = "{url}"
-simulated = true
 
 [models.sim-chat]
 provider = "sim"

@@ -53,14 +53,16 @@ def run_example(cmd: list[str], mesh: Mesh, cwd: Path) -> dict[str, dict[str, An
 
 
 def ledger_requests(mesh: Mesh, want: int = 0, timeout_s: float = 15.0) -> int:
-    """How many calls the ledger holds, once it holds ``want`` or the time is up."""
+    """How many calls the ledger holds (real and simulated), once it holds ``want`` or the time
+    is up."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(mesh.addresses["cost"]) as ch:
         stub = cost_pb2_grpc.CostServiceStub(ch)
         while True:
             summary = stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
-            if summary.requests >= want or time.monotonic() > deadline:
-                return int(summary.requests)
+            held = int(summary.requests + summary.simulated_requests)
+            if held >= want or time.monotonic() > deadline:
+                return held
             time.sleep(0.2)
 
 
@@ -99,11 +101,14 @@ def check_output(out: dict[str, dict[str, Any]], mesh: Mesh, before: int) -> Non
 
     # the summary the example read holds at least the calls the router said were recorded
     # (the rest wait in its journal for a moment), and the ledger then gets both; only the
-    # examples call models on this mesh (the local judges are not billed)
+    # examples call models on this mesh (the local judges are not billed). No API key is set:
+    # every call is simulated, summed apart from real spend
     recorded = sum(bool(out[c]["usage_recorded"]) for c in ("Complete", "CompleteStream"))
     summary = out["GetUsageSummary"]
-    assert before + recorded <= int(summary["requests"]) <= before + 2
-    assert {m["model"] for m in summary["models"]} == {done["model"]}
+    assert int(summary["requests"]) == 0 and summary["models"] == [] and summary["totals"] == []
+    assert before + recorded <= int(summary["simulated_requests"]) <= before + 2
+    assert {m["model"] for m in summary["simulated_models"]} == {done["model"]}
+    assert [t["currency"] for t in summary["simulated_totals"]] == ["USD"]
     assert ledger_requests(mesh, want=before + 2) == before + 2
 
     err = out["Complete (unknown model)"]

@@ -151,7 +151,7 @@ async def test_kill_and_restart_triton_then_the_voter_under_load(sim, tmp_path):
 
 
 async def ledger_rows(cost_port: int, expected: int, timeout_s: float = 15.0) -> int:
-    """The ledger's rows for the simulated model once they reach ``expected`` (or the time is
+    """The ledger's rows for sim-chat once they reach ``expected`` (or the time is
     up: the router hands its records over in the background)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}") as ch:
         stub = cost_pb2_grpc.CostServiceStub(ch)
@@ -186,7 +186,8 @@ cost_address = "127.0.0.1:{cost_port}"
 [voter]
 address = "127.0.0.1:{voter_port}"
 cost_address = "127.0.0.1:{cost_port}"
-# nothing listens there: the embedded Triton judges abstain, the simulated LLM judge decides
+# nothing listens there: the embedded Triton judges abstain, the LLM judge on the simulator
+# decides
 triton_address = "127.0.0.1:{triton_port}"
 
 [usage]
@@ -197,9 +198,10 @@ unbudgeted_cache_s = 0
 [cost]
 address = "127.0.0.1:{cost_port}"
 
+# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
+# kept out of spend and budgets)
 [providers.sim]
 base_url = "{url}"
-simulated = true
 
 [models.sim-chat]
 provider = "sim"

@@ -161,13 +161,15 @@ def test_complete_routes_moderates_prices_and_records(router, cost, sim):
     for local in ("ngram-heads", "nsfw-check", "profanity-check", "text-heads"):
         assert votes[local].provider == "triton" and not votes[local].simulated
     assert votes["sim-judge"].simulated
-    # recorded once in the ledger, under the request id
+    # recorded once in the ledger, under the request id, as a simulated call: apart from real
+    # spend
     summary = cost.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(model="sim-cheap"), timeout=5)
-    assert summary.requests >= 1
+    assert summary.simulated_requests >= 1 and summary.requests == 0
     judge_usage = cost.GetUsageSummary(
         cost_pb2.GetUsageSummaryRequest(model="sim-judge"), timeout=5
     )
-    assert judge_usage.requests >= 1  # the voter records what its LLM judges used
+    # the voter records what its LLM judges used, marked simulated too
+    assert judge_usage.simulated_requests >= 1 and judge_usage.requests == 0
 
 
 def test_moderate_fans_out_and_returns_every_vote(voter):
@@ -602,12 +604,16 @@ def test_cli_cost_report_csv_and_json(mesh):
     rows = list(csv.reader(io.StringIO(report("--by", "day", "--csv", "--since", "2026-01-01"))))
     assert rows[0] == ["day", "currency", "requests", "input_tokens", "output_tokens", "cost",
                        "estimated_requests", "official_cost", "saving",
-                       "requests_without_official_cost"]  # fmt: skip
-    assert len(rows) >= 2 and all(len(r) == 10 for r in rows)
+                       "requests_without_official_cost", "simulated"]  # fmt: skip
+    assert len(rows) >= 2 and all(len(r) == 11 for r in rows)
+    # every model of this mesh is simulated: each row says so
+    assert {r[-1] for r in rows[1:]} == {"true"}
     doc = json.loads(report("--by", "tenant", "--json"))
     assert doc["groupBy"] == "REPORT_GROUPING_TENANT"
-    assert "default" in [r["key"] for r in doc["rows"]]
-    assert "total" in report("--by", "model")
+    assert doc["rows"] == [] and doc["totals"] == []
+    assert "default" in [r["key"] for r in doc["simulatedRows"]]
+    text = report("--by", "model")
+    assert "(no real calls in that range)" in text and "simulated calls" in text
 
 
 def test_cli_stream_json_is_json_lines(mesh):

@@ -66,9 +66,14 @@ async def wait_for_recorded(cost_port: int, timeout_s: float = 15.0):
             await asyncio.sleep(0.2)
 
 
-def mesh_config(sim_url: str, *, cost_port: int, voter_port: int, moderation: str) -> dict:
+def mesh_config(
+    sim_url: str, *, cost_port: int, voter_port: int, moderation: str, simulated: bool = False
+) -> dict:
+    """The embedded defaults with one chat model, ``sim-chat``, on the provider simulator at
+    ``sim_url``. The simulator stands in for a real, billed provider unless ``simulated``:
+    then its answers are simulated ones (``simulated = true``), kept out of spend and budgets."""
     data = config.load(env={})
-    data["providers"]["sim"] = {"base_url": sim_url, "simulated": True}
+    data["providers"]["sim"] = {"base_url": sim_url, "simulated": simulated}
     data["models"] = {
         "sim-chat": {"provider": "sim", "input_per_mtok": "1.00", "output_per_mtok": "2.00"},
         "profanity-check": {

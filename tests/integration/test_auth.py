@@ -20,7 +20,7 @@ from services.cost import server as cost_server
 from services.cost.config import from_config as cost_settings
 from services.router import server as router_server
 from services.router.config import RouterSettings
-from tests.integration.inproc import free_port, mesh_config, reason, router_and_cost
+from tests.integration.inproc import error_info, free_port, mesh_config, reason, router_and_cost
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -129,6 +129,72 @@ async def test_a_client_cannot_write_usage_or_budgets_or_act_for_another_tenant(
     admin = bearer(tokens["admin"])
     summary = await cost.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), metadata=admin)
     assert summary.requests == 0 and sim.stats["completions"] == 0
+
+
+async def test_with_keys_a_tenant_no_key_belongs_to_is_not_found(secured):
+    _, cost, tokens, store, _ = secured
+    admin = bearer(tokens["admin"])
+
+    def budget(tenant: str) -> cost_pb2.SetBudgetRequest:
+        limit = common_pb2.Money(micros=10**6, currency="USD")
+        return cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant=tenant, limit=limit))
+
+    async def watch_first(tenant: str) -> cost_pb2.WatchBudgetResponse:
+        call = cost.WatchBudget(cost_pb2.WatchBudgetRequest(tenant=tenant), metadata=admin)
+        try:
+            return await call.read()
+        finally:
+            call.cancel()
+
+    for call, field in (
+        (cost.SetBudget(budget("nosuch"), metadata=admin), "budget.tenant"),
+        (cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(tenant="nosuch"), metadata=admin),
+         "tenant"),
+        (cost.GetUsageReport(cost_pb2.GetUsageReportRequest(tenant="nosuch"), metadata=admin),
+         "tenant"),
+        (cost.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(tenant="nosuch"), metadata=admin),
+         "tenant"),
+        (watch_first("nosuch"), "tenant"),
+    ):  # fmt: skip
+        err = await fails(call)
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+        info = error_info(err)
+        assert info.reason == "TENANT_NOT_FOUND"
+        assert dict(info.metadata) == {"field": field, "tenant": "nosuch"}
+        assert (err.details() or "").startswith(f"{field}: no tenant 'nosuch'")
+    # nothing was written
+    found = await cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(), metadata=admin)
+    assert found.budgets == []
+    # deleting needs only the budget: none there
+    err = await fails(
+        cost.DeleteBudget(cost_pb2.DeleteBudgetRequest(tenant="nosuch"), metadata=admin)
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND and reason(err) == "BUDGET_NOT_FOUND"
+    # a key made now makes its tenant at once; a revoked one keeps it
+    key, _ = store.create("newco", Role.CLIENT)
+    await cost.SetBudget(budget("newco"), metadata=admin)
+    store.revoke(key.id)
+    await asyncio.sleep(auth.RELOAD_EVERY_S + 0.05)
+    (status,) = (
+        await cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(tenant="newco"), metadata=admin)
+    ).budgets
+    assert status.budget.tenant == "newco"
+    assert (await watch_first("newco")).status.budget.tenant == "newco"
+
+
+async def test_without_keys_any_tenant_name_is_one(sim, tmp_path):
+    data = mesh_config(sim.url, cost_port=free_port(), voter_port=free_port(), moderation="none")
+    async with router_and_cost(data, {"QUORUM_DATA_DIR": str(tmp_path)}) as s:
+        limit = common_pb2.Money(micros=10**6, currency="USD")
+        await s.cost.SetBudget(
+            cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="nosuch", limit=limit))
+        )
+        (status,) = (
+            await s.cost.GetBudgetStatus(cost_pb2.GetBudgetStatusRequest(tenant="nosuch"))
+        ).budgets
+        assert status.budget.tenant == "nosuch"
+        report = await s.cost.GetUsageReport(cost_pb2.GetUsageReportRequest(tenant="other"))
+        assert report.rows == []
 
 
 async def test_an_admin_sets_budgets_that_hold_the_tenants_calls(secured, sim):

@@ -33,9 +33,10 @@ moderation = "input"
 [usage]
 retry_interval_s = 0.2
 
+# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
+# kept out of spend and budgets)
 [providers.sim]
 base_url = "{url}"
-simulated = true
 
 [models.sim-chat]
 provider = "sim"

@@ -1,7 +1,8 @@
 """The usage sender (quorum.usage.Meter) against a real cost server in process on a real SQLite
 ledger: records go in RecordUsageBatch calls, each record's own answer counts (taken, refused
-for good, or sent again later), a gone reservation is billed without it, and an older cost
-service without RecordUsageBatch gets the records one by one."""
+for good, or sent again later), a gone reservation is billed without it, a simulated call is
+recorded as one and never reserved, and an older cost service without RecordUsageBatch gets
+the records one by one."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from quorum import config
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
-from quorum.errors import DeadlineExceeded
+from quorum.errors import DeadlineExceeded, ResourceExhausted
 from quorum.server import create_server
 from quorum.usage import Budgeted, Charge, Meter, MeterSettings, replay
 from services.cost.config import from_config
@@ -184,6 +185,62 @@ async def test_a_record_whose_reservation_is_gone_is_billed_without_it(tmp_path:
             ).budgets
             assert status.spent.micros == 10 * 2 + 20 * 8  # billed, although not reserved
             assert (await summary(stub)).requests == 2
+    finally:
+        await server.stop(None)
+        await monitor.stop()
+        await close()
+
+
+async def test_a_simulated_call_is_recorded_simulated_and_never_reserved(tmp_path: Path) -> None:
+    server, port, monitor, close = await create(cost_settings(tmp_path))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = cost_pb2_grpc.CostServiceStub(ch)
+            tiny = common_pb2.Money(micros=1, currency="USD")  # holds no real call at all
+            await stub.SetBudget(
+                cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=tiny)),
+                timeout=5,
+            )
+            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+            meter = Meter(stub, tmp_path / "j", source="router")
+            await meter.start()
+            try:
+                charge = await meter.begin(
+                    "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=hold, simulated=True,
+                )  # fmt: skip
+                assert charge.intent.reservation_id == "" and charge.intent.simulated
+                charge.settle(10, 20)
+                assert await charge.recorded(5)
+                # a call the process stopped during: its intent is billed at the next start,
+                # still simulated
+                await meter.begin(
+                    "k2", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=hold, simulated=True,
+                )  # fmt: skip
+                with pytest.raises(ResourceExhausted):  # a real call is held to the budget
+                    await meter.begin(
+                        "k3", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                        budget=hold,
+                    )  # fmt: skip
+            finally:
+                await meter.stop()
+            meter = Meter(stub, tmp_path / "j", source="router")
+            await meter.start()
+            await meter.stop(drain_s=5)
+            assert meter.backlog == 0
+            s = await summary(stub)
+            assert (s.requests, list(s.totals)) == (0, [])
+            assert s.simulated_requests == 2
+            (model,) = s.simulated_models
+            assert model.model == MODEL and model.estimated_requests == 1
+            (status,) = (
+                await stub.GetBudgetStatus(
+                    cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
+                )
+            ).budgets
+            assert (status.spent.micros, status.reserved.micros) == (0, 0)
     finally:
         await server.stop(None)
         await monitor.stop()

@@ -139,3 +139,45 @@ def test_a_report_in_one_currency_has_one_total_line_and_says_what_is_unknown():
     assert "official cost" not in format_report(
         cost_pb2.GetUsageReportResponse(rows=[known], currency_totals=[]), "model"
     )
+
+
+def test_simulated_usage_is_shown_apart_from_real_spend():
+    sim = cost_pb2.ModelUsage(
+        model="sim-chat", requests=2, usage=common_pb2.Usage(input_tokens=7, output_tokens=3),
+        cost=usd(40),
+    )  # fmt: skip
+    only = format_usage(
+        cost_pb2.GetUsageSummaryResponse(
+            simulated_models=[sim], simulated_requests=2, simulated_totals=[usd(40)]
+        )
+    ).splitlines()
+    assert only[1].split() == ["total", "0", "0", "0", "-"]  # no real spend
+    assert only[2].startswith("simulated calls (answered by the provider simulator")
+    assert only[3].split() == ["sim-chat", "2", "7", "3", "0.000040", "USD"]
+    assert only[4].split() == ["simulated", "total", "2", "7", "3", "0.000040", "USD"]
+
+
+def test_a_report_shows_the_simulated_rows_after_the_real_total():
+    real = cost_pb2.ReportRow(key="acme", requests=1, cost=usd(12), official_cost=usd(12),
+                              saving=usd(0))  # fmt: skip
+    sim = cost_pb2.ReportRow(key="acme", requests=4, cost=usd(50), official_cost=usd(50),
+                             saving=usd(0))  # fmt: skip
+    resp = cost_pb2.GetUsageReportResponse(
+        rows=[real], currency_totals=[replace_key(real, "USD")],
+        simulated_rows=[sim], simulated_currency_totals=[replace_key(sim, "USD")],
+    )  # fmt: skip
+    lines = format_report(resp, "tenant").splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "tenant", "acme", "total", "simulated", "acme", "total",
+    ]  # fmt: skip
+    assert lines[2].split()[1:4] == ["1", "0", "0"]  # the real total: the real call only
+    assert lines[5].split()[1:4] == ["4", "0", "0"]
+    none_real = cost_pb2.GetUsageReportResponse(simulated_rows=[sim])
+    assert format_report(none_real, "tenant").splitlines()[1] == "(no real calls in that range)"
+
+
+def replace_key(row: cost_pb2.ReportRow, key: str) -> cost_pb2.ReportRow:
+    out = cost_pb2.ReportRow()
+    out.CopyFrom(row)
+    out.key = key
+    return out

@@ -51,6 +51,18 @@ def test_a_revoked_key_stops_working_once_the_file_is_read_again(tmp_path: Path)
     assert [k.active for k in KeyStore(path).all()] == [False]
 
 
+def test_the_tenants_are_those_a_key_belongs_to_revoked_or_not(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    server_side = KeyStore(path)
+    assert not server_side.has_tenant("acme")  # no keys file yet: no tenants
+    key, _ = KeyStore(path).create("acme", Role.CLIENT)
+    assert server_side.has_tenant("acme")  # made just now: the file is read again at once
+    assert not server_side.has_tenant("globex") and not server_side.has_tenant("")
+    KeyStore(path).revoke(key.id)
+    time.sleep(auth.RELOAD_EVERY_S + 0.05)
+    assert server_side.has_tenant("acme")  # its history stays readable
+
+
 def test_a_corrupt_keys_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "keys.json").write_text("{not json")
     with pytest.raises(ConfigError, match="keys file"):

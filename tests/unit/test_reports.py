@@ -1,13 +1,15 @@
-"""Usage reports, the pure part: keys in a time zone, sums per key and currency."""
+"""Usage reports, the pure part: keys in a time zone, sums per key and currency, simulated calls
+apart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 
 from services.cost.accounts import QUARTER_US, UsageGroup
-from services.cost.reports import ReportRow, key_of, report, totals
+from services.cost.reports import Report, ReportRow, key_of, report, split, totals
 
 
 def us(text: str) -> int:
@@ -106,3 +108,22 @@ def test_totals_sum_the_rows_per_currency() -> None:
     assert (usd.requests, usd.cost_micros, usd.input_tokens) == (4, 107, 40)
     assert usd.official_micros is None and usd.requests_without_official == 3
     assert totals([]) == []
+
+
+def test_simulated_groups_are_reported_apart_from_the_real_ones() -> None:
+    real = g("acme", "gpt-4.1", "USD", None, 100)
+    simulated = replace(g("acme", "gpt-4.1", "USD", None, 40, n=2), simulated=True)
+    other = replace(g("globex", "gpt-4.1", "USD", None, 5), simulated=True)
+    got = split([real, simulated, other], "tenant")
+    assert got == Report(
+        rows=[ReportRow("acme", "USD", 1, 10, 20, 100, 0, 100, 0)],
+        simulated_rows=[
+            ReportRow("acme", "USD", 2, 20, 40, 40, 0, 40, 0),
+            ReportRow("globex", "USD", 1, 10, 20, 5, 0, 5, 0),
+        ],
+    )
+    assert [t.cost_micros for t in totals(got.rows)] == [100]
+    assert [t.cost_micros for t in totals(got.simulated_rows)] == [45]
+    assert split([simulated], "model") == Report(
+        [], [ReportRow("gpt-4.1", "USD", 2, 20, 40, 40, 0, 40, 0)]
+    )

@@ -1,5 +1,6 @@
-"""The usage record a router or voter journals and sends: it carries cached input tokens, and a
-journal written before they existed still reads back."""
+"""The usage record a router or voter journals and sends: it carries cached input tokens and
+whether a simulated model answered, and a journal written before either existed still reads
+back."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ def test_a_journal_from_before_cached_tokens_reads_back_with_none(tmp_path: Path
     _, pending = replay(journal)
     assert pending["old"].cached_input_tokens == 0
     assert pending["new"].cached_input_tokens == 8
+
+
+def test_a_simulated_call_is_marked_in_the_record_and_the_journal(tmp_path: Path) -> None:
+    rec = UsageRecord("k", "sim-chat", 10, 5, "router", 1, simulated=True)
+    assert rec.to_proto().simulated
+    assert not UsageRecord("k", "sim-chat", 10, 5, "router", 1).to_proto().simulated
+    old = {
+        "op": "begin", "request_id": "old", "model": "gpt-4.1", "input_tokens": 10,
+        "output_tokens": 5, "source": "router", "occurred_at_us": 1, "estimated": True,
+    }  # fmt: skip
+    new = {**old, "request_id": "new", "simulated": True}
+    journal = tmp_path / "router-usage.journal"
+    journal.write_text("".join(json.dumps(x) + "\n" for x in (old, new)), encoding="utf-8")
+    intents, _ = replay(journal)
+    assert not intents["old"].simulated  # written before the flag: a real call
+    assert intents["new"].simulated

@@ -28,7 +28,7 @@ REPORT_GROUPING_DAY: ReportGrouping
 REPORT_GROUPING_MONTH: ReportGrouping
 
 class RecordUsageRequest(_message.Message):
-    __slots__ = ("request_id", "model", "usage", "source", "occurred_at", "estimated", "tenant", "reservation_id")
+    __slots__ = ("request_id", "model", "usage", "source", "occurred_at", "estimated", "tenant", "reservation_id", "simulated")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RecordUsageRequest(_message.Message):
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     usage: _common_pb2.Usage
@@ -45,7 +46,8 @@ class RecordUsageRequest(_message.Message):
     estimated: bool
     tenant: str
     reservation_id: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated: _Optional[bool] = ..., tenant: _Optional[str] = ..., reservation_id: _Optional[str] = ...) -> None: ...
+    simulated: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., source: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., estimated: _Optional[bool] = ..., tenant: _Optional[str] = ..., reservation_id: _Optional[str] = ..., simulated: _Optional[bool] = ...) -> None: ...
 
 class RecordUsageResponse(_message.Message):
     __slots__ = ("cost", "duplicate")
@@ -82,18 +84,24 @@ class ModelUsage(_message.Message):
     def __init__(self, model: _Optional[str] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., estimated_requests: _Optional[int] = ...) -> None: ...
 
 class GetUsageSummaryResponse(_message.Message):
-    __slots__ = ("models", "requests", "usage", "totals", "estimated_requests")
+    __slots__ = ("models", "requests", "usage", "totals", "estimated_requests", "simulated_models", "simulated_requests", "simulated_totals")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_TOTALS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelUsage]
     requests: int
     usage: _common_pb2.Usage
     totals: _containers.RepeatedCompositeFieldContainer[_common_pb2.Money]
     estimated_requests: int
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., estimated_requests: _Optional[int] = ...) -> None: ...
+    simulated_models: _containers.RepeatedCompositeFieldContainer[ModelUsage]
+    simulated_requests: int
+    simulated_totals: _containers.RepeatedCompositeFieldContainer[_common_pb2.Money]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., estimated_requests: _Optional[int] = ..., simulated_models: _Optional[_Iterable[_Union[ModelUsage, _Mapping]]] = ..., simulated_requests: _Optional[int] = ..., simulated_totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ...) -> None: ...
 
 class ListPricesRequest(_message.Message):
     __slots__ = ("model", "include_history")
@@ -306,7 +314,7 @@ class ReportRow(_message.Message):
     def __init__(self, key: _Optional[str] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., estimated_requests: _Optional[int] = ..., official_cost: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., saving: _Optional[_Union[_common_pb2.Money, _Mapping]] = ..., requests_without_official_cost: _Optional[int] = ...) -> None: ...
 
 class GetUsageReportResponse(_message.Message):
-    __slots__ = ("group_by", "time_zone", "rows", "totals", "requests", "usage", "estimated_requests", "currency_totals")
+    __slots__ = ("group_by", "time_zone", "rows", "totals", "requests", "usage", "estimated_requests", "currency_totals", "simulated_rows", "simulated_currency_totals", "simulated_requests")
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +323,9 @@ class GetUsageReportResponse(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     CURRENCY_TOTALS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_CURRENCY_TOTALS_FIELD_NUMBER: _ClassVar[int]
+    SIMULATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     group_by: ReportGrouping
     time_zone: str
     rows: _containers.RepeatedCompositeFieldContainer[ReportRow]
@@ -323,7 +334,10 @@ class GetUsageReportResponse(_message.Message):
     usage: _common_pb2.Usage
     estimated_requests: int
     currency_totals: _containers.RepeatedCompositeFieldContainer[ReportRow]
-    def __init__(self, group_by: _Optional[_Union[ReportGrouping, str]] = ..., time_zone: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., estimated_requests: _Optional[int] = ..., currency_totals: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ...) -> None: ...
+    simulated_rows: _containers.RepeatedCompositeFieldContainer[ReportRow]
+    simulated_currency_totals: _containers.RepeatedCompositeFieldContainer[ReportRow]
+    simulated_requests: int
+    def __init__(self, group_by: _Optional[_Union[ReportGrouping, str]] = ..., time_zone: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., totals: _Optional[_Iterable[_Union[_common_pb2.Money, _Mapping]]] = ..., requests: _Optional[int] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., estimated_requests: _Optional[int] = ..., currency_totals: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., simulated_rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., simulated_currency_totals: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ..., simulated_requests: _Optional[int] = ...) -> None: ...
 
 class EstimateCostRequest(_message.Message):
     __slots__ = ("model", "usage", "currency")

@@ -116,7 +116,8 @@ class CostServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsageSummary(self, request, context):
-        """Sums the recorded usage, per model, over a time range.
+        """Sums the recorded usage, per model, over a time range. Calls answered by a simulated
+        model are summed apart (simulated_*): the other totals are real spend only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,6 +126,7 @@ class CostServiceServicer:
     def GetUsageReport(self, request, context):
         """Usage and cost grouped by model, tenant, local day or local month, over a time range:
         what was billed, what the official exchange rate would have cost, and the saving.
+        Simulated calls have rows and totals of their own (simulated_*), never in the real ones.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,7 +153,8 @@ class CostServiceServicer:
         against every budget the call counts against, all or none. A hard budget that cannot
         hold it answers RESOURCE_EXHAUSTED, reason BUDGET_EXCEEDED, with the budget in the
         ErrorInfo metadata. A reservation never committed or released expires (ttl), so a
-        caller that crashed blocks nobody. Idempotent on request_id.
+        caller that crashed blocks nobody. Idempotent on request_id. Quorum's services do not
+        reserve calls of simulated models: they spend nothing, and budgets do not count them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,7 +183,8 @@ class CostServiceServicer:
         currency that an official exchange rate in effect now does not convert every covered
         model's billing currency into (from its current price on) is INVALID_ARGUMENT, reason
         INVALID_FIELD, field budget.limit.currency, and nothing is written: the budget could not
-        count its calls.
+        count its calls. With API keys on, a tenant no key belongs to is NOT_FOUND, reason
+        TENANT_NOT_FOUND, field budget.tenant, and nothing is written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,7 +198,7 @@ class CostServiceServicer:
 
     def GetBudgetStatus(self, request, context):
         """Where budgets stand this month: spent, reserved, remaining, daily rate, days left,
-        month-end projection, alerts reached.
+        month-end projection, alerts reached. Simulated calls count towards none of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

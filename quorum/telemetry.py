@@ -74,9 +74,10 @@ def setup(
     exporter: SpanExporter | None = None,
     instrument: bool = True,
 ) -> Callable[[], None]:
-    """Install the tracer provider and the gRPC (aio servers, and the channels between our
-    services: :func:`client_interceptors`) and httpx instrumentation. Returns a function that
-    flushes and shuts tracing down."""
+    """Install the tracer provider and the gRPC instrumentation (aio servers, and the channels
+    between our services: :func:`client_interceptors`). Returns a function that flushes and
+    shuts tracing down. A provider call's span is the model adapter's own (``chat <model>``,
+    GenAI attributes), which also sends the trace context in the request's headers."""
     env = os.environ if env is None else env
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
     if exporter is None and export_enabled(env):
@@ -145,11 +146,9 @@ def traced() -> Callable[[Any], bool]:
 def _instrument() -> None:
     global _trace_channels
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
     # the filter goes to the constructor: instrument() ignores a filter_ argument
     GrpcAioInstrumentorServer(filter_=traced()).instrument()
-    HTTPXClientInstrumentor().instrument()
     _trace_channels = True
 
 

@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import grpc
-import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import aio as triton_aio
 
 from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.chat import Chats
 from quorum.backends.openai import OpenAIChat
+from quorum.backends.transport import provider_client
 from quorum.backends.triton import TritonScorer
 from quorum.backends.tritonchat import TritonChat
 from quorum.cost.v1 import cost_pb2_grpc
@@ -82,7 +82,7 @@ async def create(
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
     # before anything is opened: a refused address leaves nothing to close
     settings.auth.check_bind(address or settings.address, "[router] address")
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    http = provider_client(max_connections=200, max_keepalive_connections=50)
     voter_channel = channels.connect(
         settings.voter_address, settings.auth.service_token, settings.tls
     )

@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from quorum import telemetry
 from quorum.backends.openai import OpenAIChat, parse_retry_after
+from quorum.backends.transport import provider_client
 from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.errors import (
     DeadlineExceeded,
@@ -53,7 +54,8 @@ def sim() -> Iterator[ProviderSimulator]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
+    # the client the services send with (httpx over aiohttp's pool)
+    async with provider_client(max_connections=100, max_keepalive_connections=20) as c:
         yield c
 
 

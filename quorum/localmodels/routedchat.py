@@ -21,7 +21,8 @@ endpoint and API-key variable come from its provider; a model whose key is not i
 environment is answered by the provider simulator when ``[router] simulator_url`` is set
 (as in the router), and is otherwise refused (FAILED_PRECONDITION, naming the variable).
 
-The ensemble's contract with its callers:
+The ensemble's contract with its callers (the router's adapter,
+:mod:`quorum.backends.tritonrouted`, reads it here):
 
 - outputs :data:`OUTPUTS`;
 - optional request parameters (KServe v2 ``parameters``; an ensemble hands them to its steps):

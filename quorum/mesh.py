@@ -263,7 +263,7 @@ class Mesh:
         chat = {
             m.name: m.backend.triton_model
             for m in registry.models.values()
-            if isinstance(m.backend, TritonBackend) and m.generative
+            if isinstance(m.backend, TritonBackend) and m.backend.outputs == "chat"
         }
         loaded = set(self.triton.models)
         self.local_models = tuple(sorted(n for n, t in chat.items() if t in loaded))

@@ -41,6 +41,13 @@ The registry is plain data built from a TOML table (see ``quorum/defaults.toml``
     input_per_mtok = "0"
     output_per_mtok = "0"
 
+    [models.routed-chat]                # the routed_chat ensemble (triton/routed_chat): it
+    backend = "triton"                  # picks a model and generates with it; the call is
+    triton_model = "routed_chat"        # billed at the prices of the model that wrote the
+    triton_outputs = "routed"           # answer. Its own prices are what the call is reserved
+    input_per_mtok = "3.00"             # at and, when no answer came back, estimated at: the
+    output_per_mtok = "15.00"           # dearest model it may pick
+
     [models.text-heads]
     backend = "triton"
     triton_model = "text_heads"
@@ -128,8 +135,10 @@ class OpenAIBackend:
     model: str = ""
 
 
-TritonOutputs = Literal["score", "per_category", "chat"]
-TRITON_OUTPUTS: tuple[str, ...] = ("score", "per_category", "chat")
+TritonOutputs = Literal["score", "per_category", "chat", "routed"]
+TRITON_OUTPUTS: tuple[str, ...] = ("score", "per_category", "chat", "routed")
+#: the Triton outputs of generative models (a judge never is one)
+GENERATIVE_OUTPUTS: tuple[str, ...] = ("chat", "routed")
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,10 @@ class TritonBackend:
 
     ``outputs``: ``"score"``, one ``SCORE`` output that stands for every category the model
     judges; ``"per_category"``, one ``SCORE_<CATEGORY>`` output per category; ``"chat"``, a
-    generative model (a judge never is one): a decoupled model that streams ``TEXT`` deltas
-    and ends with its token counts (:mod:`quorum.backends.tritonchat`).
+    generative model: a decoupled model that streams ``TEXT`` deltas and ends with its token
+    counts (:mod:`quorum.backends.tritonchat`); ``"routed"``, a generative ensemble that
+    chooses one of the registry's models itself and answers with it, naming the model and
+    its token counts (``triton/routed_chat``, :mod:`quorum.backends.tritonrouted`).
     """
 
     triton_model: str
@@ -186,9 +197,10 @@ class ModelSpec:
     @property
     def generative(self) -> bool:
         """Whether the model completes prompts: an OpenAI-compatible chat model, or a chat
-        model on Triton (``triton_outputs = "chat"``); the other Triton models only score."""
+        model or routing ensemble on Triton (``triton_outputs = "chat"`` or ``"routed"``);
+        the other Triton models only score."""
         b = self.backend
-        return isinstance(b, OpenAIBackend) or b.outputs == "chat"
+        return isinstance(b, OpenAIBackend) or b.outputs in GENERATIVE_OUTPUTS
 
     @property
     def simulated(self) -> bool:
@@ -684,10 +696,11 @@ def load_registry(data: Mapping[str, Any]) -> Registry:
         max_out = int(m.get("max_output_tokens", 1024))
         if max_out <= 0:
             raise ConfigError(f"{where}.max_output_tokens: must be > 0")
-        if isinstance(backend, TritonBackend) and backend.outputs == "chat" and moderation:
+        generative = isinstance(backend, TritonBackend) and backend.outputs in GENERATIVE_OUTPUTS
+        if generative and moderation:
             raise ConfigError(
-                f'{where}.moderation: a Triton chat model (triton_outputs = "chat") writes '
-                "text and gives no scores; it cannot judge"
+                f"{where}.moderation: a generative Triton model (triton_outputs = "
+                f'"{m.get("triton_outputs")}") writes text and gives no scores; it cannot judge'
             )
         if name in models:
             raise ConfigError(f"{where}: model name {name!r} is used twice")

@@ -16,7 +16,10 @@ Every billable model call goes through the service's :class:`Meter`:
    answered, before anything else can fail (output moderation, the client going away), or
    ``charge.void()`` when the provider answered with an error and bills nothing. Both are
    plain (not ``async``) calls, safe in a ``finally`` of a cancelled task or a closed
-   generator; only the first of them counts.
+   generator; only the first of them counts. A call made to a backend that chose the model
+   itself (the ``routed_chat`` ensemble) is settled as the model that answered
+   (``settle(..., model=...)``): its record names that model, and the reservation made for
+   the model asked is given back (the record is recorded without it).
 3. A background sender gives every settled record to the cost service (idempotent on its
    key), up to ``send_batch_records`` of them in one ``RecordUsageBatch`` call, and notes in
    the journal once each is taken. Each record's own answer counts: taken, refused for good
@@ -397,15 +400,19 @@ class Charge:
         *,
         estimated: bool = False,
         cached_input_tokens: int = 0,
+        model: str = "",
     ) -> None:
         """Bill the call (the first settle or void wins; later ones do nothing).
         ``cached_input_tokens`` is the part of the input served from the provider's prompt
-        cache (at most ``input_tokens``)."""
+        cache (at most ``input_tokens``). ``model``, when it is not the one the call was begun
+        for, is the model that answered (a routing backend chose it): the record names it, and
+        the reservation, made for the other model, is released (the cost service commits a
+        reservation only with a record of its own model)."""
         if self.done:
             return
         self.done = True
         input_tokens = max(int(input_tokens), 0)
-        self.record = replace(
+        record = replace(
             self.intent,
             input_tokens=input_tokens,
             output_tokens=max(int(output_tokens), 0),
@@ -413,18 +420,25 @@ class Charge:
             occurred_at_us=now_us(),
             estimated=estimated,
         )
-        self._meter._settled(self.record)
+        if model and model != self.intent.model:
+            record = replace(record, model=model, reservation_id="")
+            if self.intent.reservation_id:
+                self._meter._release(self.intent.reservation_id)
+        self.record = record
+        self._meter._settled(record)
 
-    def answered(self, usage: TokenUsage, *, reported: bool, text: str) -> None:
-        """Bill a whole answer: the provider's counts, or ours (estimated) when it sent none."""
+    def answered(self, usage: TokenUsage, *, reported: bool, text: str, model: str = "") -> None:
+        """Bill a whole answer: the provider's counts, or ours (estimated) when it sent none;
+        ``model`` as for :meth:`settle`."""
         if reported:
             self.settle(
                 usage.input_tokens,
                 usage.output_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
+                model=model,
             )
         else:
-            self.settle(self._input_tokens(), tokens.count(text), estimated=True)
+            self.settle(self._input_tokens(), tokens.count(text), estimated=True, model=model)
 
     def failed(self, err: BaseException | None, *, partial_text: str = "") -> None:
         """Bill a call that ended without a whole answer, by :func:`may_be_billed`: the input

@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from quorum.errors import DeadlineExceeded, Internal, InvalidArgument, QuorumError, Unavailable
 
-__all__ = ["TritonScorer", "category_output"]
+__all__ = ["TritonScorer", "category_output", "map_infer_error"]
 
 INPUT_NAME = "TEXT"
 OUTPUT_NAME = "SCORE"
@@ -49,7 +49,8 @@ def category_output(category: str) -> str:
 _MODEL_STATE_HINTS = ("unknown model", "not found", "not ready", "is not available")
 
 
-def _map_error(exc: BaseException, model: str, timeout_s: float) -> QuorumError:
+def map_infer_error(exc: BaseException, model: str, timeout_s: float) -> QuorumError:
+    """The error of a failed unary call of Triton ``model`` (see the module docstring)."""
     meta = {"model": model[:100]}
     if isinstance(exc, QuorumError):
         return exc
@@ -178,7 +179,7 @@ class TritonScorer:
                     ]
                 return [[s for t in tasks for s in t.result()[i]] for i in range(len(outputs))]
             except Exception as exc:
-                err = _map_error(_first(exc), model, timeout_s)
+                err = map_infer_error(_first(exc), model, timeout_s)
                 span.set_attribute("error.type", err.reason)
                 span.set_status(Status(StatusCode.ERROR, err.message))
                 raise err from None

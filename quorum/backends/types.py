@@ -31,6 +31,17 @@ class TokenUsage:
 
 
 @dataclass(frozen=True)
+class Routed:
+    """What a routing backend (``triton_outputs = "routed"``) says of its answer: the
+    registry model it chose and that wrote the answer (the call is billed as that model's),
+    why it chose it, and whether the provider simulator answered."""
+
+    model: str
+    reason: str = ""
+    simulated: bool = False
+
+
+@dataclass(frozen=True)
 class ChatResult:
     text: str
     usage: TokenUsage
@@ -39,6 +50,8 @@ class ChatResult:
     provider_model: str = ""
     #: False when the provider sent no usage block: ``usage`` is then zero, not an estimate
     usage_reported: bool = True
+    #: set by a routing backend: the model it chose (None: the model asked for answered)
+    routed: Routed | None = None
 
 
 @dataclass(frozen=True)
@@ -51,3 +64,5 @@ class ChatChunk:
     extra: Mapping[str, str] = field(default_factory=dict)
     #: on the last chunk: False when the provider sent no usage (``usage`` is then zero)
     usage_reported: bool = True
+    #: on the last chunk of a routing backend: the model it chose (see ChatResult)
+    routed: Routed | None = None

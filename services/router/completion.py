@@ -4,8 +4,11 @@ price and bill it. No gRPC types in or out except the voter's verdict messages.
 Billing (see :mod:`quorum.usage`): every attempt at a provider call is noted in the usage
 journal before it is made and settled the moment it ends (in a ``finally`` for streams), before
 output moderation or anything else that can fail, so each provider call is billed exactly once
-whatever happens next. A request id the client gave is kept (:mod:`services.router.replay`):
-the same request again is answered from the first call, a different one is refused."""
+whatever happens next. A backend that chooses the model itself (the ``routed_chat`` ensemble,
+``triton_outputs = "routed"``) is billed as the model that answered, with that model's counts
+and at its prices; the answer names that model and says that the backend chose it. A request
+id the client gave is kept (:mod:`services.router.replay`): the same request again is answered
+from the first call, a different one is refused."""
 
 from __future__ import annotations
 
@@ -25,7 +28,14 @@ from opentelemetry import trace
 
 from quorum import ids, tokens
 from quorum.backends.chat import ChatBackend
-from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
+from quorum.backends.types import (
+    ChatChunk,
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    Routed,
+    TokenUsage,
+)
 from quorum.deadline import Deadline
 from quorum.errors import (
     ContentBlocked,
@@ -36,7 +46,7 @@ from quorum.errors import (
 )
 from quorum.limits import RateLimiter
 from quorum.money import NoExchangeRate
-from quorum.pricing import Cost, PriceNotFound, bill
+from quorum.pricing import Cost, PriceNotFound, Pricing, bill
 from quorum.registry import ModelSpec, Registry
 from quorum.retry import RetryPolicy, retryable
 from quorum.usage import Budgeted, Charge, Meter, usage_key
@@ -205,9 +215,15 @@ class Prompt:
 @dataclass
 class Completion:
     request_id: str
+    #: the model that answered (billed and priced as that model's)
     spec: ModelSpec
     route_reason: str
     text: str = ""
+    #: the backend the router called: the answering model's provider, or "triton" for a
+    #: model reached through a routing ensemble (set once the call has answered)
+    provider: str = ""
+    #: the answer came from the provider simulator
+    simulated: bool = False
     finish_reason: str = ""
     usage: TokenUsage = field(default_factory=TokenUsage)
     cost: Cost | None = None
@@ -294,6 +310,7 @@ class _Stream:
     usage: TokenUsage = field(default_factory=TokenUsage)
     reported: bool = False
     finish: str = ""
+    routed: Routed | None = None
 
     def take(self, chunk: ChatChunk) -> None:
         if chunk.delta:
@@ -302,6 +319,8 @@ class _Stream:
             self.usage, self.reported = chunk.usage, chunk.usage_reported
         if chunk.finish_reason:
             self.finish = chunk.finish_reason
+        if chunk.routed is not None:
+            self.routed = chunk.routed
 
     @property
     def text(self) -> str:
@@ -423,11 +442,36 @@ class Completer:
         result, spec, charge, failures = await self._attempts(route, prompt, deadline, self._call)
         done.route_reason = fell_back(done.route_reason, failures)
         self._breakers.succeeded(spec.provider_name)
-        charge.answered(result.usage, reported=result.usage_reported, text=result.text)
-        done.spec, done.charge = spec, charge
+        charge.answered(
+            result.usage,
+            reported=result.usage_reported,
+            text=result.text,
+            model=result.routed.model if result.routed else "",
+        )
+        self._answered_by(done, spec, result.routed)
+        done.charge = charge
         done.text, done.finish_reason = result.text, result.finish_reason
         self._priced(done)
         return done
+
+    def _answered_by(self, done: Completion, spec: ModelSpec, routed: Routed | None) -> None:
+        """Who answered: ``spec``, or the model a routing backend (``spec``) chose, which the
+        call is billed and priced as; the route's reason then says so."""
+        done.provider = spec.provider_name
+        if routed is None:
+            done.spec, done.simulated = spec, spec.simulated
+            return
+        chosen = self._registry.models.get(routed.model)
+        if chosen is None:
+            # another registry where Triton runs: billed under the name it gave, the cost is
+            # the cost service's to find (or to refuse, kept for a person to see)
+            log.warning(
+                "%s answered with %s, a model not in this registry", spec.name, routed.model
+            )
+            chosen = replace(spec, name=routed.model, pricing=Pricing())
+        done.spec, done.simulated = chosen, routed.simulated
+        why = f" ({routed.reason})" if routed.reason else ""
+        done.route_reason += f"; {spec.name} chose {routed.model}{why}"
 
     async def _prepare(self, prompt: Prompt, deadline: Deadline) -> tuple[Route, Completion]:
         model = self._named_model(prompt)
@@ -639,8 +683,14 @@ class Completer:
                     if chunk.delta:
                         yield chunk.delta
             self._breakers.succeeded(spec.provider_name)
-            charge.answered(stream.usage, reported=stream.reported, text=stream.text)
-            done.spec, done.charge, done.finish_reason = spec, charge, stream.finish
+            charge.answered(
+                stream.usage,
+                reported=stream.reported,
+                text=stream.text,
+                model=stream.routed.model if stream.routed else "",
+            )
+            self._answered_by(done, spec, stream.routed)
+            done.charge, done.finish_reason = charge, stream.finish
             self._priced(done)
         except QuorumError as e:
             err = e

@@ -20,6 +20,7 @@ from quorum.backends.openai import OpenAIChat
 from quorum.backends.transport import provider_client
 from quorum.backends.triton import TritonScorer
 from quorum.backends.tritonchat import TritonChat
+from quorum.backends.tritonrouted import TritonRoutedChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
 from quorum.registry import Registry, TritonBackend
@@ -45,13 +46,19 @@ log = logging.getLogger(__name__)
 async def local_models(
     registry: Registry, triton: triton_aio.InferenceServerClient | None, address: str
 ) -> Registry:
-    """The registry with each Triton chat model that cannot answer marked unavailable: no
-    Triton configured, or the model not loaded there (its extra not installed)."""
+    """The registry with each Triton chat model (or routing ensemble) that cannot answer
+    marked unavailable: no Triton configured, or the model not loaded there (its extra not
+    installed, or an optional model not asked for)."""
     chat = [
         (m.name, m.backend.triton_model)
         for m in registry.models.values()
         if isinstance(m.backend, TritonBackend) and m.generative and m.unavailable_reason is None
     ]
+    routed = {
+        m.name
+        for m in registry.models.values()
+        if isinstance(m.backend, TritonBackend) and m.backend.outputs == "routed"
+    }
     if not chat:
         return registry
     if triton is None:
@@ -65,9 +72,17 @@ async def local_models(
             return False
 
     states = await asyncio.gather(*(ready(model) for _, model in chat))
+
+    def not_loaded(name: str, model: str) -> str:
+        load = (
+            f'[triton] load_optional = ["{model}"]'
+            if name in routed
+            else "the local-llm extra: make local-llm"
+        )
+        return f"Triton model {model!r} is not loaded at {address} ({load})"
+
     reasons = {
-        name: f"Triton model {model!r} is not loaded at {address} (the local-llm extra: "
-        "make local-llm)"
+        name: not_loaded(name, model)
         for (name, model), ok in zip(chat, states, strict=True)
         if not ok
     }
@@ -99,7 +114,8 @@ async def create(
     metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
     await asyncio.to_thread(tokens.warm)
-    # one Triton client: the chat models served there, and the prompt classifier
+    # one Triton client: the chat models served there (routed_chat too), and the prompt
+    # classifier
     triton = (
         triton_aio.InferenceServerClient(url=settings.triton_address)
         if settings.triton_address
@@ -124,6 +140,7 @@ async def create(
         Chats(
             OpenAIChat(http, os.environ, capture_content=telemetry.capture_content(os.environ)),
             TritonChat(triton) if triton else None,
+            TritonRoutedChat(triton) if triton else None,
         ),
         VoterClient(voter_channel),
         meter,

@@ -26,8 +26,8 @@ def to_response(done: Completion) -> router_pb2.CompleteResponse:
     resp = router_pb2.CompleteResponse(
         request_id=done.request_id,
         model=done.spec.name,
-        provider=done.spec.provider_name,
-        simulated=done.spec.simulated,
+        provider=done.provider,
+        simulated=done.simulated,
         route_reason=done.route_reason,
         text=done.text,
         finish_reason=done.finish_reason,

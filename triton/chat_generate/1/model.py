@@ -2,13 +2,16 @@
 second step of ``routed_chat``.
 
 Inputs ``TEXT`` and ``MODEL`` (BYTES) -> outputs ``ANSWER`` (BYTES), ``MODEL`` (BYTES),
-``PROMPT_TOKENS`` and ``COMPLETION_TOKENS`` (INT32). The requests of a dynamic batch are
-answered concurrently on this instance's event loop, over one long-lived HTTP client; each
-request gets its own response or its own error (the provider's raw message never).
+``PROMPT_TOKENS`` and ``COMPLETION_TOKENS`` (INT32), ``SIMULATED`` (BOOL). The requests of a
+dynamic batch are answered concurrently on this instance's event loop, over one long-lived
+HTTP client; each request gets its own response or its own error (the provider's raw message
+never).
 
 Parameters (config.pbtxt): ``timeout_s`` (the deadline of one request, retries included),
 ``max_attempts``, ``backoff_base_s``, ``backoff_max_s``, ``max_tokens`` (0: the provider's
-default). Endpoints and API keys come from the registry and the environment.
+default). A request's own parameters (``timeout_ms``, ``max_tokens``, ``temperature``:
+:func:`~quorum.localmodels.routedchat.call_options`) win for that request. Endpoints and API
+keys come from the registry and the environment.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 from quorum import config
 from quorum.backends.openai import OpenAIChat
 from quorum.errors import QuorumError
-from quorum.localmodels.routedchat import Generation, Generator, resolved_registry, triton_error
+from quorum.localmodels.routedchat import (
+    Generation,
+    Generator,
+    call_options,
+    resolved_registry,
+    triton_error,
+)
 from quorum.localmodels.texts import decode_texts
 from quorum.retry import RetryPolicy
 
@@ -57,8 +66,12 @@ class TritonPythonModel:
         try:
             texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy())
             models = decode_texts(pb_utils.get_input_tensor_by_name(request, "MODEL").as_numpy())
+            options = call_options(request.parameters())
             done: list[Generation] = await asyncio.gather(
-                *(self.generator.generate(t, m) for t, m in zip(texts, models, strict=True))
+                *(
+                    self.generator.generate(t, m, options)
+                    for t, m in zip(texts, models, strict=True)
+                )
             )
         except QuorumError as err:
             return pb_utils.InferenceResponse(error=triton_error(pb_utils, err))
@@ -74,6 +87,7 @@ class TritonPythonModel:
                 pb_utils.Tensor(
                     "COMPLETION_TOKENS", column([g.completion_tokens for g in done], np.int32)
                 ),
+                pb_utils.Tensor("SIMULATED", column([g.simulated for g in done], np.bool_)),
             ]
         )
 

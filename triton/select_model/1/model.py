@@ -1,9 +1,10 @@
 """Triton Python-backend adapter for :class:`quorum.localmodels.routedchat.ModelSelector`:
 the first step of ``routed_chat``.
 
-Inputs ``TEXT`` (BYTES) and ``MODEL_SELECT`` (INT32; -1 routes from the prompt) -> output
-``MODEL`` (BYTES): the registry model's name. One response per request; a bad selector gets
-its own error (NOT_FOUND for an unknown id), the other requests of the batch their answers.
+Inputs ``TEXT`` (BYTES) and ``MODEL_SELECT`` (INT32; -1 routes from the prompt) -> outputs
+``MODEL`` (BYTES), the registry model's name, and ``REASON`` (BYTES), why. One response per
+request; a bad selector gets its own error (NOT_FOUND for an unknown id), the other requests
+of the batch their answers.
 """
 
 from __future__ import annotations
@@ -31,15 +32,20 @@ class TritonPythonModel:
             try:
                 texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy())
                 select = pb_utils.get_input_tensor_by_name(request, "MODEL_SELECT").as_numpy()
-                models = [
+                chosen = [
                     self.selector.select(text, int(s))
                     for text, s in zip(texts, select.reshape(-1), strict=True)
                 ]
             except QuorumError as err:
                 responses.append(pb_utils.InferenceResponse(error=triton_error(pb_utils, err)))
                 continue
-            out = np.array([[m.encode()] for m in models], dtype=np.object_)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("MODEL", out)]))
+            models = np.array([[c.model.encode()] for c in chosen], dtype=np.object_)
+            reasons = np.array([[c.reason.encode()] for c in chosen], dtype=np.object_)
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor("MODEL", models), pb_utils.Tensor("REASON", reasons)]
+                )
+            )
         return responses
 
     def finalize(self) -> None:

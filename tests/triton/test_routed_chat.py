@@ -196,6 +196,7 @@ async def mesh(server: TritonServer, sim: ProviderSimulator, tmp_path) -> AsyncI
     }
     data["cost"]["address"] = f"127.0.0.1:{free_port()}"
     data["router"]["cost_address"] = data["cost"]["address"]
+    data["usage"]["record_wait_s"] = 2.0  # so that usage_recorded can be checked
     async with router_and_cost(data, {"QUORUM_DATA_DIR": str(tmp_path)}) as stubs:
         yield stubs
 

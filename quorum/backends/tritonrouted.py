@@ -12,7 +12,8 @@ less a margin: the ensemble gives up, and says why, before the caller stops wait
 ``max_tokens`` and ``temperature``. The contract is :mod:`quorum.localmodels.routedchat`'s.
 
 The answer is a :class:`ChatResult`: ``ANSWER``; usage ``PROMPT_TOKENS`` and
-``COMPLETION_TOKENS``, the counts of the provider that generated; ``routed``, a
+``COMPLETION_TOKENS``, the counts of the provider that generated (both 0: the provider
+reported none, and the router estimates them); ``routed``, a
 :class:`Routed` of ``MODEL`` (the registry model that wrote the answer: the caller bills the
 call as that model's), ``ROUTE_REASON`` and ``SIMULATED`` (the provider simulator answered).
 The ensemble is not decoupled: :meth:`TritonRoutedChat.stream` yields the whole answer as one
@@ -235,10 +236,14 @@ def parse_answer(output: Callable[[str], Any], model: str) -> ChatResult:
     simulated = one("SIMULATED")
     if not chosen or not isinstance(simulated, np.bool_ | bool):
         raise _bad_response(model, "MODEL" if not chosen else "SIMULATED")
+    usage = TokenUsage(count("PROMPT_TOKENS"), count("COMPLETION_TOKENS"))
     return ChatResult(
         text=text("ANSWER"),
-        usage=TokenUsage(count("PROMPT_TOKENS"), count("COMPLETION_TOKENS")),
+        usage=usage,
         provider_model=chosen,
+        # no counts at all: the provider sent no usage (a real call always has input), so the
+        # router counts the tokens itself and marks the record estimated
+        usage_reported=usage.input_tokens + usage.output_tokens > 0,
         routed=Routed(chosen, text("ROUTE_REASON"), bool(simulated)),
     )
 

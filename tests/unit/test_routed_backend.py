@@ -87,6 +87,13 @@ def test_an_answer_names_the_model_that_wrote_it() -> None:
     )
 
 
+def test_an_answer_with_no_counts_is_one_without_usage() -> None:
+    zero = np.array([[0]], dtype=np.int32)
+    got = parse_answer(outputs(PROMPT_TOKENS=zero, COMPLETION_TOKENS=zero).get, "routed_chat")
+    assert not got.usage_reported  # the router counts the tokens and marks them estimated
+    assert parse_answer(outputs().get, "routed_chat").usage_reported
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -1,6 +1,8 @@
 """Recording usage: sustained throughput and latency of the ledger alone, of ``RecordUsage``
 (one record per call) and of ``RecordUsageBatch`` (``--batch-size`` records per call), each
-at every ``--concurrency`` (calls in flight), on either ledger backend:
+at every ``--concurrency`` (calls in flight), on either ledger backend; and, one call at a
+time, a hard budget's two steps for a call (``Reserve`` before it, which the call waits for,
+and ``Commit`` after it):
 
     .venv/bin/python bench/bench_cost.py [--backend sqlite|postgres] [--server inproc|process]
         [--requests 5000] [--batch-size 50] [--batch-requests 50000]
@@ -202,6 +204,38 @@ async def bench_batch(
         return time.perf_counter() - start, latencies
 
 
+async def bench_reserve(address: str, n: int) -> tuple[list[float], list[float]]:
+    """``n`` calls' budget steps one at a time, for a tenant with a hard budget: ``Reserve``
+    (the call waits for it) then ``Commit`` of what the call cost (the router sends that with
+    the usage record, after answering). (Reserve latencies, Commit latencies)."""
+    reserve_lat: list[float] = []
+    commit_lat: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = cost_pb2_grpc.CostServiceStub(channel)
+        await stub.ListPrices(cost_pb2.ListPricesRequest(), timeout=10, wait_for_ready=True)
+        limit = common_pb2.Money(micros=10**15, currency="USD")
+        budget = cost_pb2.Budget(tenant="bench", limit=limit, time_zone="UTC")
+        await stub.SetBudget(cost_pb2.SetBudgetRequest(budget=budget), timeout=10)
+        for i in range(n):
+            t = time.perf_counter()
+            r = await stub.Reserve(
+                cost_pb2.ReserveRequest(
+                    request_id=f"call-{i}", tenant="bench", model="gpt-4.1",
+                    input_tokens=1000, max_output_tokens=500,
+                ),
+                timeout=10,
+            )  # fmt: skip
+            reserve_lat.append(time.perf_counter() - t)
+            if not r.reservation_id:
+                raise SystemExit("no reservation was made (is the budget there?)")
+            req = record_request(i, False)
+            req.tenant, req.reservation_id = "bench", r.reservation_id
+            t = time.perf_counter()
+            await stub.Commit(req, timeout=10)
+            commit_lat.append(time.perf_counter() - t)
+    return reserve_lat, commit_lat
+
+
 async def bench_ledger(new_database: NewDatabase, n: int, concurrency: int) -> None:
     database = new_database(f"ledger_only_{concurrency}")
     led: SqliteLedger | PostgresLedger
@@ -276,6 +310,14 @@ async def main() -> None:
             async with server(Path(tmp), new_database(f"single_{run}")) as address:
                 elapsed, lat = await bench_single(address, args.requests, c, args.duplicates)
             report(f"RecordUsage ({kind})", c, args.requests, elapsed, lat)
+        async with server(Path(tmp), new_database("reserve")) as address:
+            reserve_lat, commit_lat = await bench_reserve(address, min(args.requests, 2000))
+        for what, lat in (("Reserve (before)", reserve_lat), ("Commit (after)", commit_lat)):
+            print(
+                f"{what:<22} c=1   {len(lat):8d} calls    "
+                f"  p50 {statistics.median(lat) * 1e3:7.2f} ms  p99 {pct(lat, 0.99) * 1e3:7.2f} ms",
+                flush=True,
+            )
         for run, c in enumerate(args.concurrency):
             async with server(Path(tmp), new_database(f"batch_{run}")) as address:
                 elapsed, lat = await bench_batch(

@@ -12,13 +12,14 @@ and caps throughput near 150 requests/s here). ``--provider simulator`` uses the
 Then:
 
 1. **Overhead**, one request at a time: the same chat completion sent straight to the
-   provider over HTTP (httpx, as the router sends it) and through the router's ``Complete``
+   provider over HTTP (with the client the router sends with: httpx over aiohttp,
+   ``quorum.backends.transport``) and through the router's ``Complete``
    (generated stub), with moderation off and with input moderation (every local judge on
    Triton). The overhead is the difference of the medians (and of the p99s).
 2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
    provider (the ceiling), through the router (moderation off, and input moderation), and
    through the LiteLLM proxy (one worker, like the one router process) in front of the same
-   provider. LiteLLM is installed by this script into a virtual environment of its own
+   provider, all driven by that same client. LiteLLM is installed by this script into a virtual environment of its own
    (``.quorum/bench/litellm``; never a dependency of Quorum) on first use, from PyPI.
 
 Client, provider and every server share this machine's cores, so the figures are what this
@@ -42,6 +43,7 @@ import grpc
 import httpx
 from bench_mesh import start_quorum_up, stop
 
+from quorum.backends.transport import provider_client
 from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 
@@ -198,9 +200,8 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
     provider = addresses["provider"]
     direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=64)
     async with (
-        httpx.AsyncClient(limits=limits) as http,
+        provider_client(max_connections=args.concurrency, max_keepalive_connections=64) as http,
         grpc.aio.insecure_channel(addresses["router"]) as channel,
     ):
         stub = router_pb2_grpc.RouterServiceStub(channel)

@@ -19,8 +19,9 @@ Then:
 2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
    provider (the ceiling), through the router (moderation off, and input moderation), and
    through the LiteLLM proxy (one worker, like the one router process) in front of the same
-   provider, all driven by that same client. LiteLLM is installed by this script into a virtual environment of its own
-   (``.quorum/bench/litellm``; never a dependency of Quorum) on first use, from PyPI.
+   provider, all driven by that same client. LiteLLM is installed by this script into a
+   virtual environment of its own (``.quorum/bench/litellm``; never a dependency of Quorum)
+   on first use, from PyPI.
 
 Client, provider and every server share this machine's cores, so the figures are what this
 machine does with all of them on it; the provider adds no think time.

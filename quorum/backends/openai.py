@@ -643,6 +643,7 @@ def _stream_choice(call: _Call, obj: Mapping[str, Any]) -> tuple[str, str | None
 
 
 _LABEL = re.compile(r"[^A-Za-z0-9._:/@+-]")
+_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\models\x.gguf
 #: the longest provider-supplied label (model name, finish reason) we pass on
 MAX_LABEL_CHARS = 64
 
@@ -650,9 +651,13 @@ MAX_LABEL_CHARS = 64
 def label(value: object) -> str:
     """A name the provider sent (its model, a finish reason), made safe to put on a span or
     in an answer: text only, the characters model names use, at most MAX_LABEL_CHARS; "" for
-    anything else. A hostile provider cannot write into our traces or our clients' fields."""
+    anything else. A hostile provider cannot write into our traces or our clients' fields.
+    A file path (llama.cpp's server names its model by the GGUF file it loaded) keeps only the
+    file's name: the host's folders stay out of spans and answers."""
     if not isinstance(value, str):
         return ""
+    if value.startswith(("/", "~", "./", "../")) or _DRIVE.match(value):
+        value = value.replace("\\", "/").rsplit("/", 1)[-1]
     return _LABEL.sub("", value)[:MAX_LABEL_CHARS]
 
 

@@ -665,6 +665,11 @@ def test_label_keeps_model_names_and_drops_anything_else() -> None:
     )
     assert label("stop") == "stop" and label(None) == "" and label(42) == ""
     assert label("a b\tc\u202e") == "abc"
+    # a host path (llama-server's model is the GGUF file it loaded): the file's name only
+    assert label("/home/ann/models/SmolLM2-135M-Instruct-Q8_0.gguf") == (
+        "SmolLM2-135M-Instruct-Q8_0.gguf"
+    )
+    assert label("C:\\Users\\ann\\m.gguf") == "m.gguf" and label("~/m/x.gguf") == "x.gguf"
 
 
 @pytest.mark.parametrize(

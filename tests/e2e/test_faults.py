@@ -192,6 +192,8 @@ triton_address = "127.0.0.1:{triton_port}"
 
 [usage]
 retry_interval_s = 0.2
+# answers wait for the cost service to take their records: the test tells when it is back
+record_wait_s = 2.0
 # every paid call asks the cost service for a reservation, so the outage is met there too
 unbudgeted_cache_s = 0
 

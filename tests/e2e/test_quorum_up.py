@@ -256,7 +256,13 @@ def test_quorum_up_with_keys_end_to_end(tmp_path):
     service = new_key("--tenant", "quorum", "--role", "service", "--name", "mesh")
     acme, other = new_key("--tenant", "acme"), new_key("--tenant", "globex")
     proc, up_env, _, out = start_up(
-        tmp_path, {"QUORUM_AUTH__ENABLED": "true", "QUORUM_SERVICE_KEY": service}
+        tmp_path,
+        {
+            "QUORUM_AUTH__ENABLED": "true",
+            "QUORUM_SERVICE_KEY": service,
+            # answers wait for the cost service, to show the service key reached it
+            "QUORUM_USAGE__RECORD_WAIT_S": "2.0",
+        },
     )
     try:
         assert "Quorum is up" in "".join(out), "".join(out)

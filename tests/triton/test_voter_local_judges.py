@@ -1,8 +1,10 @@
-"""The voter on the embedded defaults with no API key: both local judges on the real Triton
-binary (profanity-check and nsfw-check), each counting only in its own categories."""
+"""The voter on the embedded defaults with no API key: its local judges on the real Triton
+binary, each counting only in its own categories; ModerateBatch gives each text of a batch
+what Moderate gives it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,11 +14,14 @@ import pytest
 
 from quorum import config
 from quorum.common.v1 import common_pb2
+from quorum.errors import Unavailable
+from quorum.grpcerrors import from_rpc_status
 from quorum.ids import free_ports
 from quorum.tritonserver import TritonOptions, TritonServer, default_model_repository
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 from services.voter import server as voter_server
 from services.voter.config import VoterSettings
+from tests.integration.inproc import error_info
 
 pytestmark = pytest.mark.triton
 
@@ -181,3 +186,96 @@ async def test_text_that_instructs_its_judges_does_not_flip_the_verdict(triton, 
     injection = common_pb2.CATEGORY_INJECTION
     assert _category(votes["text-heads"].categories, injection) > 0.5
     assert any("injection" in r for r in resp.reasons)
+
+
+# -- ModerateBatch ------------------------------------------------------------------------------
+
+
+def _fields(resp) -> tuple:
+    """What a verdict says, scores rounded (a batch and a lone text may round the model's
+    floats differently in the last bits)."""
+
+    def cats(scores) -> dict:
+        return {c.category: round(c.score, 4) for c in scores}
+
+    votes = [
+        (v.model, v.provider, v.status, v.is_safe, round(v.confidence, 4), cats(v.categories))
+        for v in resp.votes
+    ]
+    return (resp.is_safe, resp.requires_review, list(resp.reasons), resp.quorum,
+            round(resp.confidence, 4), cats(resp.categories), votes)  # fmt: skip
+
+
+async def _batch(voter, texts, **kw):
+    return await voter.ModerateBatch(voter_pb2.ModerateBatchRequest(texts=texts, **kw), timeout=60)
+
+
+async def test_a_batch_gives_each_text_moderates_verdict_in_order(voter) -> None:
+    texts = [EXPLICIT, INSULT, POLITE, "Привет 🙂", INSULT, "the meeting moved to 3pm"]
+    resp = await _batch(voter, texts, request_id="bulk-1")
+    assert resp.request_id == "bulk-1" and len(resp.results) == len(texts)
+    for i, (text, result) in enumerate(zip(texts, resp.results, strict=True)):
+        assert result.WhichOneof("result") == "moderated"
+        got = result.moderated
+        assert got.request_id == f"bulk-1:{i}"
+        want = await _moderate(voter, text)
+        assert _fields(got) == _fields(want), text
+    assert [r.moderated.is_safe for r in resp.results] == [False, False, True, True, False, True]
+
+
+async def test_a_batch_larger_than_a_models_batch_keeps_its_order(voter) -> None:
+    # 150 texts: more than the models' max_batch_size (64), so each goes in several requests
+    recipe = "Could you recommend a good recipe for a vegetable lasagne?"
+    texts = [(INSULT, POLITE, recipe)[i % 3] for i in range(150)]
+    resp = await _batch(voter, texts, models=["profanity-check", "text-heads"])
+    assert [r.moderated.request_id.rsplit(":", 1)[1] for r in resp.results] == [
+        str(i) for i in range(150)
+    ]
+    assert [r.moderated.is_safe for r in resp.results] == [i % 3 != 0 for i in range(150)]
+    assert {len(r.moderated.votes) for r in resp.results} == {2}
+
+
+@pytest.mark.parametrize(
+    ("texts", "models", "code", "reason", "metadata"),
+    [
+        ([], [], grpc.StatusCode.INVALID_ARGUMENT, "BATCH_EMPTY", {"field": "texts"}),
+        (["hi"] * 257, [], grpc.StatusCode.INVALID_ARGUMENT, "BATCH_TOO_LARGE",
+         {"field": "texts", "limit": "256"}),
+        # 70 texts of 15,000 characters (under max_text_chars): 1.05 MB, over 1 MiB
+        (["y" * 15_000] * 70, [], grpc.StatusCode.INVALID_ARGUMENT, "BATCH_TOO_LARGE",
+         {"field": "texts", "limit_bytes": "1048576"}),
+        (["hi", "  "], [], grpc.StatusCode.INVALID_ARGUMENT, "TEXT_EMPTY", {"field": "texts[1]"}),
+        (["hi", "x" * 16_001], [], grpc.StatusCode.INVALID_ARGUMENT, "TEXT_TOO_LONG",
+         {"field": "texts[1]", "limit": "16000"}),
+        (["hi"], ["no-such-judge"], grpc.StatusCode.NOT_FOUND, "JUDGE_NOT_FOUND",
+         {"model": "no-such-judge"}),
+    ],
+)  # fmt: skip
+async def test_a_bad_batch_is_refused_whole_naming_the_field(
+    voter, texts, models, code, reason, metadata
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await _batch(voter, texts, models=models)
+    assert e.value.code() == code
+    info = error_info(e.value)
+    assert info.reason == reason and dict(info.metadata) == metadata
+
+
+async def test_a_batch_answers_within_its_deadline_each_text_failing_alone(voter) -> None:
+    """A deadline shorter than the batch needs: every text's judge runs out of time and
+    abstains, and each text reports what Moderate would have failed with (no quorum), in an
+    answer that comes before the deadline."""
+    # 256 texts through the MiniLM judge take a second or more on a CPU: far past 0.5 s
+    texts = [f"{POLITE} {i}" for i in range(256)]
+    start = time.monotonic()
+    resp = await voter.ModerateBatch(
+        voter_pb2.ModerateBatchRequest(texts=texts, models=["text-heads"]), timeout=0.5
+    )
+    assert time.monotonic() - start < 0.5
+    assert len(resp.results) == 256
+    for result in resp.results:
+        assert result.WhichOneof("result") == "error"
+        err = from_rpc_status(result.error, service="voter")
+        assert isinstance(err, Unavailable) and err.reason == "NO_QUORUM"
+    # the voter is not stuck on it
+    assert (await _moderate(voter, POLITE)).is_safe

@@ -4,6 +4,8 @@ what Moderate gives it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -12,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quorum import config
+from quorum import cli, config
 from quorum.common.v1 import common_pb2
 from quorum.errors import Unavailable
 from quorum.grpcerrors import from_rpc_status
@@ -279,3 +281,37 @@ async def test_a_batch_answers_within_its_deadline_each_text_failing_alone(voter
         assert isinstance(err, Unavailable) and err.reason == "NO_QUORUM"
     # the voter is not stuck on it
     assert (await _moderate(voter, POLITE)).is_safe
+
+
+async def test_cli_moderates_each_line_of_a_file_in_batches(triton, tmp_path, capsys) -> None:
+    settings = VoterSettings.from_config(_data(triton), {"QUORUM_DATA_DIR": str(tmp_path)})
+    server, port, _monitor, close = await voter_server.create(settings)
+    await server.start()
+    texts = tmp_path / "texts.txt"
+    texts.write_text(f"{INSULT}\n\n{POLITE}\n{EXPLICIT}\n", encoding="utf-8")
+    address = f"127.0.0.1:{port}"
+
+    async def quorum(*argv: str) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as info:
+            await asyncio.to_thread(cli.main, ["moderate", "--voter", address, *argv])
+        return int(info.value.code or 0), capsys.readouterr().out
+
+    try:
+        code, out = await quorum("--file", str(texts), "--batch", "2")
+        assert code == 0
+        # one line a text, in order, numbered by its line in the file (the blank one skipped)
+        rows = [line.split("\t") for line in out.splitlines()]
+        assert [(n, v.split()[0]) for n, v, _ in rows] == [
+            ("1", "UNSAFE"), ("3", "SAFE"), ("4", "UNSAFE")
+        ]  # fmt: skip
+        code, out = await quorum("--file", str(texts), "--json")
+        assert code == 0
+        items = [json.loads(line) for line in out.splitlines()]
+        assert [(i["line"], i["moderated"]["isSafe"]) for i in items] == [
+            (1, False), (3, True), (4, False)
+        ]  # fmt: skip
+        code, _ = await quorum("--file", str(texts), "--model", "no-such-judge")
+        assert code == 1
+    finally:
+        await server.stop(None)
+        await close()

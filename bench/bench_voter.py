@@ -153,21 +153,25 @@ def _line(
     )
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(*pids: int) -> float:
+    """CPU seconds (user + system, every thread) processes have used so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def _parts(triton: TritonServer, voter_pid: int) -> dict[str, int]:
+def _parts(triton: TritonServer, voter_pid: int) -> dict[str, list[int]]:
     """The processes that do the work, by name: the voter, Triton's core and each model's
-    Python stub (Triton's children, named by their model.py), and this client."""
-    parts = {"voter": voter_pid, "this client": os.getpid()}
+    Python stubs (Triton's children, named by their model.py: one per instance), and this
+    client."""
+    parts = {"voter": [voter_pid], "this client": [os.getpid()]}
     if triton.pid is not None:
-        parts["tritonserver"] = triton.pid
+        parts["tritonserver"] = [triton.pid]
         for task in Path(f"/proc/{triton.pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
@@ -175,7 +179,7 @@ def _parts(triton: TritonServer, voter_pid: int) -> dict[str, int]:
                     (Path(a.decode()).parts[-3] for a in cmd if a.endswith(b"model.py")), ""
                 )
                 if model:
-                    parts[f"{model} stub"] = int(child)
+                    parts.setdefault(f"{model} stub", []).append(int(child))
     return parts
 
 
@@ -193,13 +197,15 @@ async def _local(triton: TritonServer, args: argparse.Namespace, data_dir: str) 
         ):
             print(label + (f", ModerateBatch of {batch} texts" if batch else ""), flush=True)
             for c in levels:
-                before = {name: _cpu_s(pid) for name, pid in parts.items()}
+                before = {name: _cpu_s(*pids) for name, pids in parts.items()}
                 lat, elapsed = await _throughput(stub, c, args.seconds, models, batch)
                 calls = "batches" if batch else "concurrency"
                 print(_line(f"{calls} {c}", lat, elapsed, max(batch, 1)), flush=True)
                 if c == levels[-1]:
                     texts = len(lat) * max(batch, 1)
-                    used = {n: (_cpu_s(pid) - before[n]) * 1000 / texts for n, pid in parts.items()}
+                    used = {
+                        n: (_cpu_s(*pids) - before[n]) * 1000 / texts for n, pids in parts.items()
+                    }
                     total = sum(used.values())
                     ceiling = 1000 * (os.cpu_count() or 1) / total
                     print(

@@ -271,10 +271,11 @@ async def test_a_batch_answers_within_its_deadline_each_text_failing_alone(voter
     # whose judges get 0.62 s (the rest is the margin for answering)
     texts = [f"{POLITE} {POLITE} {POLITE} {i}" for i in range(256)]
     start = time.monotonic()
+    # an answer after the deadline would fail the call here with DEADLINE_EXCEEDED
     resp = await voter.ModerateBatch(
         voter_pb2.ModerateBatchRequest(texts=texts, models=["text-heads"]), timeout=0.8
     )
-    assert time.monotonic() - start < 0.8
+    assert time.monotonic() - start < 1.5  # (this side's decoding included) not the whole work
     assert len(resp.results) == 256
     for result in resp.results:
         assert result.WhichOneof("result") == "error"

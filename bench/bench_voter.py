@@ -1,7 +1,8 @@
 """Moderate latency and throughput: the local judges on the real tritonserver, and the effect
-of early decision when a remote judge is slow.
+of early decision when a remote judge is slow; with --batch N, ModerateBatch instead.
 
     .venv/bin/python bench/bench_voter.py [--seconds 5] [--concurrency 32] [--requests 60]
+    .venv/bin/python bench/bench_voter.py --batch 256 [--batch-concurrency 2] [--seconds 5]
 
 Starts Triton with every model in triton/ and the voter as its own process, on free loopback
 ports, then measures ``Moderate`` through the generated stub:
@@ -14,6 +15,10 @@ ports, then measures ``Moderate`` through the generated stub:
    from keyword lists), one answering in 20 ms and one in ``--slow-s``: p50/p99 one request
    at a time, with early decision on and off, for texts the vote can settle early (clearly
    unsafe) and for texts it cannot (safe: the slow judge alone could still flag a category).
+
+With ``--batch N`` it measures ``ModerateBatch`` of N texts instead, for every local judge and
+for the fast tier: one batch at a time and ``--batch-concurrency`` batches at once, texts/s
+and p50/p99 per batch, and at ``--batch-concurrency`` the CPU each process spent a text.
 """
 
 from __future__ import annotations
@@ -104,17 +109,31 @@ def _config(triton: TritonServer, extra: str = "") -> str:
 
 
 async def _throughput(
-    stub: voter_pb2_grpc.VoterServiceStub, concurrency: int, seconds: float, models: list[str]
+    stub: voter_pb2_grpc.VoterServiceStub,
+    concurrency: int,
+    seconds: float,
+    models: list[str],
+    batch: int = 0,
 ) -> tuple[list[float], float]:
+    """Latencies of the calls made by ``concurrency`` callers for ``seconds``: Moderate, or
+    ModerateBatch of ``batch`` texts."""
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
     async def worker(w: int) -> None:
         i = w
         while time.perf_counter() < stop_at:
-            req = voter_pb2.ModerateRequest(text=TEXTS[i % len(TEXTS)], models=models)
             t0 = time.perf_counter()
-            await stub.Moderate(req, timeout=30)
+            if batch:
+                texts = [TEXTS[(i + k) % len(TEXTS)] for k in range(batch)]
+                resp = await stub.ModerateBatch(
+                    voter_pb2.ModerateBatchRequest(texts=texts, models=models), timeout=60
+                )
+                if any(r.HasField("error") for r in resp.results):
+                    raise RuntimeError(f"a text of the batch failed: {resp.results}")
+            else:
+                req = voter_pb2.ModerateRequest(text=TEXTS[i % len(TEXTS)], models=models)
+                await stub.Moderate(req, timeout=30)
             latencies.append(time.perf_counter() - t0)
             i += 1
 
@@ -123,30 +142,36 @@ async def _throughput(
     return latencies, time.perf_counter() - t0
 
 
-def _line(label: str, latencies: list[float], elapsed: float | None = None) -> str:
+def _line(
+    label: str, latencies: list[float], elapsed: float | None = None, per_call: int = 1
+) -> str:
     ms = [x * 1000 for x in latencies]
-    rate = f"  {len(ms) / elapsed:>7.0f} texts/s" if elapsed else ""
+    rate = f"  {len(ms) * per_call / elapsed:>7.0f} texts/s" if elapsed else ""
     return (
         f"  {label:<34} p50 {statistics.median(ms):7.2f} ms  p99 {_pct(ms, 0.99):7.2f} ms"
         f"  (n={len(ms)}){rate}"
     )
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far (Linux /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(*pids: int) -> float:
+    """CPU seconds (user + system, every thread) processes have used so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def _parts(triton: TritonServer, voter_pid: int) -> dict[str, int]:
+def _parts(triton: TritonServer, voter_pid: int) -> dict[str, list[int]]:
     """The processes that do the work, by name: the voter, Triton's core and each model's
-    Python stub (Triton's children, named by their model.py), and this client."""
-    parts = {"voter": voter_pid, "this client": os.getpid()}
+    Python stubs (Triton's children, named by their model.py: one per instance), and this
+    client."""
+    parts = {"voter": [voter_pid], "this client": [os.getpid()]}
     if triton.pid is not None:
-        parts["tritonserver"] = triton.pid
+        parts["tritonserver"] = [triton.pid]
         for task in Path(f"/proc/{triton.pid}/task").iterdir():
             for child in (task / "children").read_text().split():
                 cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
@@ -154,28 +179,32 @@ def _parts(triton: TritonServer, voter_pid: int) -> dict[str, int]:
                     (Path(a.decode()).parts[-3] for a in cmd if a.endswith(b"model.py")), ""
                 )
                 if model:
-                    parts[f"{model} stub"] = int(child)
+                    parts.setdefault(f"{model} stub", []).append(int(child))
     return parts
 
 
 async def _local(triton: TritonServer, args: argparse.Namespace, data_dir: str) -> None:
     pids: list[int] = []
+    batch = args.batch
     async with _voter(_config(triton), data_dir, pids) as stub:
         judges = [j.name for j in load_registry(config.load(env={})).resolve_keys({}).judges()]
-        await _throughput(stub, 4, 1.0, [])  # warm-up
+        await _throughput(stub, 4, 1.0, [], batch)  # warm-up
         parts = _parts(triton, pids[0])
+        levels = (1, args.batch_concurrency) if batch else (1, args.concurrency)
         for label, models in (
             (f"every local judge ({', '.join(judges)})", []),
             (f"fast tier ({', '.join(args.fast)})", list(args.fast)),
         ):
-            print(label, flush=True)
-            for c in (1, args.concurrency):
-                before = {name: _cpu_s(pid) for name, pid in parts.items()}
-                lat, elapsed = await _throughput(stub, c, args.seconds, models)
-                print(_line(f"concurrency {c}", lat, elapsed), flush=True)
-                if c == args.concurrency:
+            print(label + (f", ModerateBatch of {batch} texts" if batch else ""), flush=True)
+            for c in levels:
+                before = {name: _cpu_s(*pids) for name, pids in parts.items()}
+                lat, elapsed = await _throughput(stub, c, args.seconds, models, batch)
+                calls = "batches" if batch else "concurrency"
+                print(_line(f"{calls} {c}", lat, elapsed, max(batch, 1)), flush=True)
+                if c == levels[-1]:
+                    texts = len(lat) * max(batch, 1)
                     used = {
-                        n: (_cpu_s(pid) - before[n]) * 1000 / len(lat) for n, pid in parts.items()
+                        n: (_cpu_s(*pids) - before[n]) * 1000 / texts for n, pids in parts.items()
                     }
                     total = sum(used.values())
                     ceiling = 1000 * (os.cpu_count() or 1) / total
@@ -233,6 +262,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=60, help="per early-decision measurement")
     p.add_argument("--slow-s", type=float, default=0.5, help="the slow remote judge's latency")
     p.add_argument("--fast", nargs="+", default=["profanity-check", "nsfw-check", "ngram-heads"])
+    p.add_argument(
+        "--batch", type=int, default=0, metavar="N", help="measure ModerateBatch of N texts"
+    )
+    p.add_argument(
+        "--batch-concurrency", type=int, default=2, help="batches in flight at once (--batch)"
+    )
     args = p.parse_args()
     print(f"voter + tritonserver (pytriton 0.7.0, CPU), {os.cpu_count()} cores", flush=True)
     t0 = time.perf_counter()
@@ -242,7 +277,8 @@ def main() -> None:
     ):
         print(f"Triton ready with {', '.join(triton.models)} in {time.perf_counter() - t0:.1f} s")
         asyncio.run(_local(triton, args, data_dir))
-        asyncio.run(_early(triton, args, data_dir))
+        if not args.batch:
+            asyncio.run(_early(triton, args, data_dir))
 
 
 if __name__ == "__main__":

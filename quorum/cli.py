@@ -4,6 +4,8 @@
                               provider key is set); Ctrl-C or SIGTERM stops everything
     quorum demo               start the mesh on free ports, run the examples, stop it
     quorum moderate TEXT      ask the voter (every model's vote is shown)
+    quorum moderate --file F  every line of F (- for stdin), in ModerateBatch calls: a line
+                              of verdict a text [--batch N]
     quorum complete PROMPT    ask the router [--model M] [--task T] [--stream]
     quorum usage              usage and cost so far, per model
     quorum cost report        usage and cost by model, tenant, day or month [--csv]
@@ -59,7 +61,7 @@ from quorum.formatting import (
     format_report,
     format_usage,
 )
-from quorum.grpcerrors import from_rpc_error
+from quorum.grpcerrors import from_rpc_error, from_rpc_status
 from quorum.mesh import Mesh, MeshOptions
 from quorum.registry import ConfigError
 from quorum.router.v1 import router_pb2, router_pb2_grpc
@@ -123,6 +125,11 @@ def _addr(args: argparse.Namespace, name: str) -> str:
 
 
 def cmd_moderate(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.file is None):
+        print("error: give a TEXT or --file, one of them", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        return _moderate_file(args)
     with _channel(args, "voter") as ch:
         try:
             resp = voter_pb2_grpc.VoterServiceStub(ch).Moderate(
@@ -133,6 +140,58 @@ def cmd_moderate(args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             return _fail(e, "voter")
     return _show(args, resp, format_moderation)
+
+
+def _moderate_file(args: argparse.Namespace) -> int:
+    """Each non-blank line of ``args.file`` a text, ``args.batch`` texts a ModerateBatch call;
+    a line out per text, in order: its line number and verdict (JSON Lines with --json). Exit
+    1 when a text has no verdict, or at the first call that fails (what was judged before it
+    is printed)."""
+    if not 1 <= args.batch <= 10_000:
+        print("error: --batch must be 1 to 10000", file=sys.stderr)
+        return 2
+    try:
+        raw = sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
+        return 2
+    lines = [(n, line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+    failed = False
+    with _channel(args, "voter") as ch:
+        stub = voter_pb2_grpc.VoterServiceStub(ch)
+        for start in range(0, len(lines), args.batch):
+            chunk = lines[start : start + args.batch]
+            try:
+                resp = stub.ModerateBatch(
+                    voter_pb2.ModerateBatchRequest(
+                        texts=[t for _, t in chunk], models=args.model or []
+                    ),
+                    timeout=args.timeout,
+                    metadata=_key(),
+                )
+            except grpc.RpcError as e:
+                return _fail(e, "voter")
+            for (n, text), result in zip(chunk, resp.results, strict=True):
+                failed |= result.HasField("error")
+                print(_batch_line(n, text, result, as_json=args.json), flush=True)
+    return 1 if failed else 0
+
+
+def _batch_line(
+    line: int, text: str, result: voter_pb2.ModerateBatchResult, *, as_json: bool
+) -> str:
+    if as_json:
+        body = json_format.MessageToDict(result, always_print_fields_with_no_presence=True)
+        return json.dumps({"line": line, **body}, ensure_ascii=False)
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if result.HasField("error"):
+        err = from_rpc_status(result.error, service="voter")
+        return f"{line}\tERROR {err.reason}: {err.message}\t{shown!r}"
+    m = result.moderated
+    verdict = "SAFE" if m.is_safe else "UNSAFE"
+    review = ", requires review" if m.requires_review else ""
+    reasons = f" ({'; '.join(m.reasons)})" if m.reasons and not m.is_safe else ""
+    return f"{line}\t{verdict} {m.confidence:.2f}{review}{reasons}\t{shown!r}"
 
 
 def _request(args: argparse.Namespace) -> router_pb2.CompleteRequest:
@@ -664,9 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
         return s
 
-    m = client("moderate", "moderate a text", "voter")
-    m.add_argument("text")
+    m = client("moderate", "moderate a text, or every line of a file", "voter")
+    m.add_argument("text", nargs="?")
     m.add_argument("--model", action="append", help="only this judge (repeatable)")
+    m.add_argument("--file", help="moderate each non-blank line of this file (- for stdin)")
+    m.add_argument("--batch", type=int, default=256, help="texts a call with --file (256)")
     c = client("complete", "complete a prompt", "router")
     c.add_argument("prompt")
     c.add_argument("--model", help="registry model name")

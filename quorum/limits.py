@@ -116,24 +116,24 @@ class RateLimiter:
     def limit(self, tenant: str) -> Limit:
         return self._tenants.get(tenant, self._default)
 
-    def admit(self, tenant: str, tokens: int) -> None:
-        """Take one request and ``tokens`` from ``tenant``'s allowance, or raise
-        ResourceExhausted (RATE_LIMITED) taking nothing."""
+    def admit(self, tenant: str, tokens: int, *, requests: int = 1) -> None:
+        """Take ``requests`` requests (a batch of texts counts one a text) and ``tokens`` from
+        ``tenant``'s allowance, or raise ResourceExhausted (RATE_LIMITED) taking nothing."""
         limit = self.limit(tenant)
         if limit.unlimited:
             return
         now = self._clock()
-        requests, token_bucket = self._for(tenant, limit, now)
+        request_bucket, token_bucket = self._for(tenant, limit, now)
         waits = []
-        for bucket, amount in ((requests, 1.0), (token_bucket, float(tokens))):
+        for bucket, amount in ((request_bucket, float(requests)), (token_bucket, float(tokens))):
             if bucket is not None:
                 bucket.refill(now)
                 waits.append(bucket.wait_for(amount))
         wait = max(waits, default=0.0)
         if wait > 0:
-            raise _limited(tenant, limit, tokens, wait)
-        if requests is not None:
-            requests.level -= 1.0
+            raise _limited(tenant, limit, tokens, requests, wait)
+        if request_bucket is not None:
+            request_bucket.level -= requests
         if token_bucket is not None:
             token_bucket.level -= tokens
 
@@ -152,14 +152,25 @@ class RateLimiter:
         return found
 
 
-def _limited(tenant: str, limit: Limit, tokens: int, wait: float) -> ResourceExhausted:
+def _limited(
+    tenant: str, limit: Limit, tokens: int, requests: int, wait: float
+) -> ResourceExhausted:
     meta = {
         "tenant": tenant,
         "requests_per_minute": f"{limit.requests_per_minute:g}",
         "tokens_per_minute": f"{limit.tokens_per_minute:g}",
         "tokens": str(tokens),
     }
+    if requests != 1:
+        meta["requests"] = str(requests)
     if math.isinf(wait):
+        if 0 < limit.requests_per_minute < requests:
+            return ResourceExhausted(
+                f"this batch is {requests} requests, more than tenant {tenant!r} may send in a "
+                f"minute ({limit.requests_per_minute:g}): send fewer texts at a time",
+                reason="RATE_LIMITED",
+                metadata=meta,
+            )
         return ResourceExhausted(
             f"this request may use {tokens} tokens, more than tenant {tenant!r} may use in a "
             f"minute ({limit.tokens_per_minute:g}): lower max_tokens or the prompt",

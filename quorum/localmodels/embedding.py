@@ -27,6 +27,7 @@ Errors: bad input is :class:`~quorum.errors.InvalidArgument`; an unusable head f
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,8 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DIM = 384
 #: sentence-transformers' max_seq_length for this model (sentence_bert_config.json)
 MAX_TOKENS = 256
-#: texts encoded per forward pass; longer inputs are sorted by length first, so little padding
+#: texts encoded per forward pass; longer inputs are sorted by length first, so that attention
+#: (the one step that pads a pass's texts to its longest) pads little
 CHUNK = 32
 
 F32 = npt.NDArray[np.float32]
@@ -86,28 +88,50 @@ def device_for(instance_kind: str | None) -> str:
 # --- the forward pass -------------------------------------------------------------------------
 
 
-def _gelu(x: F32) -> F32:
-    """BERT's exact GELU, ``x/2 * (1 + erf(x/sqrt 2))``.
+#: Abramowitz & Stegun 7.1.26 for erfc(z), z >= 0: erfc(z) ~ t(a1 + t(a2 + ... + t a5)) e^-z^2,
+#: t = 1 / (1 + P z); |error| < 1.5e-7
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+#: elements of one block of :func:`_gelu_`: the block and its three work arrays (~190 KB each)
+#: stay in a core's L2 cache, where a pass over the whole activation streams it from memory
+_GELU_BLOCK = 48 * 1024
 
-    numpy has no erf; erfc(|z|) comes from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7,
-    float32 rounding), computed in place: the largest element-wise step of the forward pass.
+
+def _gelu_(x: F32) -> F32:
+    """BERT's exact GELU, ``x/2 * (1 + erf(x/sqrt 2))``, in place over a C-contiguous array.
+
+    numpy has no erf. With ``p = erfc(|x|/sqrt 2) / 2`` (Abramowitz & Stegun 7.1.26: |error|
+    < 1.5e-7, float32 rounding), GELU(x) is ``max(x, 0) - |x| p`` for either sign. About twenty
+    element-wise passes, so they run block by block (:data:`_GELU_BLOCK`) over preallocated
+    work arrays: each pass then reads the L2 cache, and nothing is allocated per pass.
     """
-    z = np.abs(x) * np.float32(1.0 / math.sqrt(2.0))
-    t = z * np.float32(0.3275911)
-    t += 1.0
-    np.reciprocal(t, out=t)
-    p = t * np.float32(1.061405429)
-    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
-        p += np.float32(c)
-        p *= t
-    np.square(z, out=z)
-    np.negative(z, out=z)
-    np.exp(z, out=z)
-    p *= z  # erfc(|x| / sqrt 2)
-    out: F32 = np.where(x >= 0, np.float32(2.0) - p, p)  # 1 + erf(x / sqrt 2)
-    out *= x
-    out *= np.float32(0.5)
-    return out
+    if not x.flags.c_contiguous:
+        raise ValueError("_gelu_ works in place on a C-contiguous array")
+    flat = x.reshape(-1)
+    size = min(flat.size, _GELU_BLOCK)
+    a, t, p = (np.empty(size, np.float32) for _ in range(3))
+    k = np.float32(_AS_P / math.sqrt(2.0))
+    half = [np.float32(c / 2.0) for c in _AS_A]  # the halving folded into the polynomial
+    for start in range(0, flat.size, size):
+        xb = flat[start : start + size]
+        n = xb.size
+        ab, tb, pb = a[:n], t[:n], p[:n]
+        np.abs(xb, out=ab)
+        np.multiply(ab, k, out=tb)
+        tb += np.float32(1.0)
+        np.reciprocal(tb, out=tb)
+        np.multiply(tb, half[4], out=pb)
+        for c in half[3::-1]:
+            pb += c
+            pb *= tb
+        np.multiply(xb, xb, out=tb)
+        tb *= np.float32(-0.5)
+        np.exp(tb, out=tb)  # e^-z^2 with z = |x| / sqrt 2
+        pb *= tb
+        pb *= ab
+        np.maximum(xb, np.float32(0.0), out=xb)
+        xb -= pb
+    return x
 
 
 def _layer_norm(x: F32, w: F32, b: F32, eps: float = 1e-12) -> F32:
@@ -199,40 +223,57 @@ class Encoder:
         return out
 
     def _forward(self, batch: list[list[int]]) -> F32:
-        n, length = len(batch), max(len(ids) for ids in batch)
-        token_ids = np.zeros((n, length), dtype=np.int64)
-        mask = np.zeros((n, length), dtype=np.float32)
-        for i, ids in enumerate(batch):
-            token_ids[i, : len(ids)] = ids
-            mask[i, : len(ids)] = 1.0
+        lengths = [len(ids) for ids in batch]
+        n, length, rows = len(batch), max(lengths), sum(lengths)
         eps = self._eps
         h, d = self.heads, DIM // self.heads
-        rows = n * length
-        # Activations stay 2-D [n * L, 384] so every projection is one BLAS sgemm.
-        x = (self._word[token_ids] + self._pos[:length] + self._type0).reshape(rows, DIM)
+        # Activations are packed, [rows, 384] with one row per real token: every per-token
+        # step (the projections, each one BLAS sgemm, GELU, layer norms) does no work on
+        # padding. Only attention needs the texts apart: it runs on [n, L] padded copies, the
+        # padding masked out, and its output is packed again.
+        token_ids = np.fromiter(itertools.chain.from_iterable(batch), np.int64, rows)
+        positions = np.concatenate([np.arange(k) for k in lengths])
+        x = self._word[token_ids]
+        x += self._pos[positions]
+        x += self._type0
         x = _layer_norm(x, self._ln_w, self._ln_b, eps)
-        bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]  # padding gets no attention
+        mask = np.arange(length) < np.array(lengths)[:, None]  # [n, L]: real tokens
+        padded = None if rows == n * length else np.flatnonzero(mask)
+        bias = np.where(mask, np.float32(0.0), np.float32(-1e9))[:, None, None, :]
         scale = np.float32(1.0 / math.sqrt(d))
         for layer in self._layers:
-            qkv = (x @ layer.qkv_w + layer.qkv_b).reshape(n, length, 3, h, d)
-            qkv = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))  # [3, n, h, L, d]
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            qkv = x @ layer.qkv_w
+            qkv += layer.qkv_b
+            if padded is not None:
+                spread = np.zeros((n * length, 3 * DIM), np.float32)
+                spread[padded] = qkv
+                qkv = spread
+            heads = np.ascontiguousarray(qkv.reshape(n, length, 3, h, d).transpose(2, 0, 3, 1, 4))
+            q, k, v = heads[0], heads[1], heads[2]  # [n, h, L, d]
             scores = np.matmul(q, np.ascontiguousarray(k.transpose(0, 1, 3, 2)))
             scores *= scale
-            scores += bias
+            scores += bias  # padding gets no attention
             scores -= scores.max(axis=-1, keepdims=True)
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            ctx = np.matmul(scores, v).transpose(0, 2, 1, 3).reshape(rows, DIM)
-            x = _layer_norm(x + (ctx @ layer.out_w + layer.out_b), layer.ln1_w, layer.ln1_b, eps)
-            up = _gelu(x @ layer.up_w + layer.up_b)
-            x = _layer_norm(x + (up @ layer.down_w + layer.down_b), layer.ln2_w, layer.ln2_b, eps)
-        x = x.reshape(n, length, DIM)
-        summed = (x * mask[:, :, None]).sum(axis=1)
-        pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1e-9)
+            ctx = np.matmul(scores, v).transpose(0, 2, 1, 3).reshape(n * length, DIM)
+            if padded is not None:
+                ctx = ctx[padded]
+            out = ctx @ layer.out_w
+            out += layer.out_b
+            out += x
+            x = _layer_norm(out, layer.ln1_w, layer.ln1_b, eps)
+            up = x @ layer.up_w
+            up += layer.up_b
+            out = _gelu_(up) @ layer.down_w
+            out += layer.down_b
+            out += x
+            x = _layer_norm(out, layer.ln2_w, layer.ln2_b, eps)
+        starts = np.cumsum([0, *lengths[:-1]])
+        pooled = np.add.reduceat(x, starts, axis=0) / np.array(lengths, np.float32)[:, None]
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        out: F32 = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-        return out
+        embeddings: F32 = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return embeddings
 
 
 @functools.cache

@@ -32,7 +32,9 @@ __all__ = [
     "category_columns",
     "execute_scoring",
     "heads_model",
+    "limit_blas_threads",
     "output_dtype",
+    "parameter",
 ]
 
 INPUT_NAME = "TEXT"
@@ -48,7 +50,10 @@ class HeadsModel:
     the heads from ``load(<version folder>)``, the config's ``SCORE_<CATEGORY>`` outputs
     mapped to their columns (:func:`category_columns`), and ``execute`` over
     ``heads.score(features(texts))``. A head file that cannot be used fails the load, saying
-    why; ``features`` runs once at load, so the first request pays no start-up."""
+    why; ``features`` runs once at load, so the first request pays no start-up.
+
+    The config's ``blas_threads`` parameter, when set, caps the BLAS (OpenBLAS) threads of the
+    model's process (:func:`limit_blas_threads`)."""
 
     def __init__(
         self,
@@ -69,10 +74,14 @@ class HeadsModel:
             raise pb_utils.TritonModelException(f"{what}: {exc}") from None
         self.columns = category_columns(pb_utils, config, self.heads.categories, what=what)
         self.pb_utils, self.what, self.features = pb_utils, what, features
+        try:
+            threads = limit_blas_threads(parameter(config, "blas_threads"), what=what)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
         features(["warm up"])
         pb_utils.Logger.log_info(
             f"{what}: {args.get('model_instance_kind', 'CPU')} instance, "
-            f"categories {','.join(self.heads.categories)}"
+            f"categories {','.join(self.heads.categories)}; BLAS threads {threads or 'default'}"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -84,6 +93,33 @@ class HeadsModel:
             what=self.what,
             outputs=self.columns,
         )
+
+
+def parameter(model_config: Mapping[str, Any], key: str) -> str:
+    """The string value of a model config parameter (``parameters { key ... }``), "" if unset."""
+    found = model_config.get("parameters", {}).get(key, {})
+    return str(found.get("string_value", "")).strip()
+
+
+def limit_blas_threads(value: str, *, what: str) -> int:
+    """Cap the BLAS thread pools of this process at ``value`` threads ("" or "0": leave them
+    as they are); the cap, or 0.
+
+    OpenBLAS starts a thread per CPU, and its threads spin while they wait for work. In a
+    Triton stub that shares a few cores with the server, the other models and the services,
+    one thread costs the least CPU a text: the spinning threads of a second one burn a core
+    whenever another process holds it (``bench/bench_voter.py`` shows the CPU per text)."""
+    try:
+        threads = int(value or 0)
+    except ValueError:
+        raise ValueError(f"{what}: blas_threads must be a whole number, not {value!r}") from None
+    if threads < 0:
+        raise ValueError(f"{what}: blas_threads must be 0 or more, not {threads}")
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads, user_api="blas")
+    return threads
 
 
 def output_dtype(pb_utils: Any, model_config: dict[str, Any]) -> Any:

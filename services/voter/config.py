@@ -27,6 +27,9 @@ class VoterSettings:
     default_timeout_s: float
     max_timeout_s: float
     max_text_chars: int
+    #: ModerateBatch: the most texts, and the most UTF-8 bytes of text in all, one batch holds
+    max_batch_texts: int
+    max_batch_bytes: int
     model_timeout_s: float
     policy: Policy
     early_decision: bool
@@ -56,6 +59,8 @@ class VoterSettings:
             default_timeout_s=config.get_float(v, "default_timeout_s", w, minimum=0.01),
             max_timeout_s=config.get_float(v, "max_timeout_s", w, minimum=0.01),
             max_text_chars=config.get_int(v, "max_text_chars", w, minimum=1),
+            max_batch_texts=config.get_int(v, "max_batch_texts", w, minimum=1),
+            max_batch_bytes=config.get_int(v, "max_batch_bytes", w, minimum=1),
             model_timeout_s=config.get_float(v, "model_timeout_s", w, minimum=0.01),
             policy=policy_from(v),
             early_decision=config.get_bool(v, "early_decision", w),

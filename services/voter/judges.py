@@ -7,8 +7,9 @@ answer lives in :mod:`services.voter.parsing`.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from quorum import tokens
 from quorum.backends.openai import OpenAIChat
@@ -204,22 +205,34 @@ class TritonJudge:
     async def judge(
         self, text: str, *, timeout_s: float, usage_key: str, tenant: str
     ) -> JudgeResult:
+        (result,) = await self.judge_batch([text], timeout_s=timeout_s)
+        return result
+
+    async def judge_batch(self, texts: Sequence[str], *, timeout_s: float) -> list[JudgeResult]:
+        """A vote on each of ``texts``, in order, from one call to the model (the scorer
+        splits what is over the model's batch size, and coalesces what is under it with
+        other callers' texts). A failed call fails every text's vote. Local models bill
+        nothing: no usage key, no tenant."""
         if self._per_category:
-            (scores,) = await self._scorer.score_categories(
-                self._model, [text], self._categories, timeout_s=timeout_s
+            rows = await self._scorer.score_categories(
+                self._model, texts, self._categories, timeout_s=timeout_s
             )
         else:
-            (score,) = await self._scorer.score(self._model, [text], timeout_s=timeout_s)
-            scores = dict.fromkeys(self._categories, score)
+            scores = await self._scorer.score(self._model, texts, timeout_s=timeout_s)
+            rows = [dict.fromkeys(self._categories, score) for score in scores]
+        return [JudgeResult(self._vote(row), TokenUsage()) for row in rows]
+
+    def _vote(self, scores: dict[str, float]) -> Vote:
         flagged = [scores[c] for c in self._categories if scores[c] >= self._thresholds[c]]
         is_safe = not flagged
         if not self._per_category:
+            score = scores[self._categories[0]]  # one score stands for every category
             confidence = max(score, 1.0 - score)
         elif is_safe:
             confidence = min(1.0 - s for s in scores.values())
         else:
             confidence = max(flagged)
-        vote = Vote(
+        return Vote(
             model=self.spec.name,
             weight=weight_of(self.spec),
             status=Status.OK,
@@ -227,7 +240,16 @@ class TritonJudge:
             confidence=confidence,
             categories=scores,
         )
-        return JudgeResult(vote, TokenUsage())
+
+
+@runtime_checkable
+class BatchJudge(Judge, Protocol):
+    """A judge that answers for many texts in one call (a local model): the voter asks it
+    once for a whole ``ModerateBatch``."""
+
+    async def judge_batch(self, texts: Sequence[str], *, timeout_s: float) -> list[JudgeResult]:
+        """A vote on each of ``texts``, in order; a failure fails them all."""
+        ...
 
 
 def build_judges(

@@ -1,7 +1,10 @@
 """Fan a text out to every judge at once, give each a timeout, combine the votes.
 
-No gRPC here: the servicer turns requests into calls of :meth:`Moderator.moderate` and the
-outcome into a response.
+No gRPC here: the servicer turns requests into calls of :meth:`Moderator.moderate` (one text)
+and :meth:`Moderator.moderate_batch` (many texts with the same options) and the outcomes into
+responses. A batch takes the same path per text as one text does (cascade, early decision,
+timeouts, the vote and the policy); only the judges that answer many texts in one call (the
+local models, :class:`~services.voter.judges.BatchJudge`) are asked once for the whole batch.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from quorum.errors import (
 from quorum.limits import RateLimiter
 from quorum.registry import ModelSpec, TritonBackend
 from quorum.usage import usage_key
-from services.voter.judges import Judge, JudgeResult, pending_of, weight_of
+from services.voter.judges import BatchJudge, Judge, JudgeResult, pending_of, weight_of
 from services.voter.voting import (
     Decision,
     Policy,
@@ -43,8 +46,15 @@ from services.voter.voting import (
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
-#: time kept back from the deadline for combining and answering
+#: time kept back from the deadline for combining and answering, and for each more text of
+#: a batch (a few hundred microseconds of CPU each on a busy machine)
 _MARGIN_S = 0.05
+_MARGIN_PER_TEXT_S = 0.0005
+
+
+def batch_item_id(request_id: str, index: int) -> str:
+    """The request id of text ``index`` of batch ``request_id``."""
+    return f"{request_id}:{index}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,42 @@ class _Asked:
     #: whose moderation it is: the tenant its paid judges bill and reserve against
     tenant: str
     timeout_s: float
+    #: the batch the text is part of, and its place there
+    batch: _Batch | None = None
+    index: int = 0
+
+
+class _Batch:
+    """The texts of one batch as the judges that answer many at once see them: the first
+    ballot that needs such a judge starts its call for every text (one ``judge_batch``),
+    the others wait for the same call, and each takes its own text's result."""
+
+    def __init__(self, texts: Sequence[str], timeout_s: float, judges: Sequence[Judge]) -> None:
+        self.texts = texts
+        self._timeout_s = timeout_s
+        #: the judges asked once for the whole batch, by name
+        self.judges = {j.spec.name: j for j in judges if isinstance(j, BatchJudge)}
+        self._calls: dict[str, asyncio.Task[list[JudgeResult]]] = {}
+
+    async def result(self, name: str, index: int) -> JudgeResult:
+        call = self._calls.get(name)
+        if call is None:
+            judge = self.judges[name]
+            call = asyncio.create_task(judge.judge_batch(self.texts, timeout_s=self._timeout_s))
+            self._calls[name] = call
+        # a ballot that gives up (its timeout) stops waiting; the call goes on for the others
+        return (await asyncio.shield(call))[index]
+
+    def logs(self, name: str, index: int) -> bool:
+        """Whether text ``index`` logs judge ``name``'s abstention: each of its own, but a
+        failed batch call only once (it fails every text alike)."""
+        return index == 0 or name not in self.judges
+
+    async def close(self) -> None:
+        """Stop the calls nobody waits for any more (the caller went away)."""
+        for call in self._calls.values():
+            call.cancel()
+        await asyncio.gather(*self._calls.values(), return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -97,6 +143,8 @@ class Moderator:
         max_text_chars: int,
         early_decision: bool = True,
         limiter: RateLimiter | None = None,
+        max_batch_texts: int = 256,
+        max_batch_bytes: int = 1 << 20,
     ) -> None:
         self._judges = dict(judges)
         self._policy = policy
@@ -104,20 +152,56 @@ class Moderator:
         self._max_chars = max_text_chars
         self._early = early_decision
         self._limiter = limiter
+        self._max_batch_texts = max_batch_texts
+        self._max_batch_bytes = max_batch_bytes
 
     @property
     def models(self) -> tuple[str, ...]:
         return tuple(self._judges)
 
     def validate(self, text: str, models: Sequence[str]) -> list[Judge]:
+        self._check_text(text, "text")
+        return self._chosen(models)
+
+    def validate_batch(self, texts: Sequence[str], models: Sequence[str]) -> list[Judge]:
+        """The judges of a batch, or InvalidArgument (field ``texts``, or ``texts[i]`` for one
+        text as :meth:`validate` would refuse it) / NotFound, before anything is judged."""
+        if not texts:
+            raise InvalidArgument(
+                "texts is empty: a batch needs at least one text",
+                reason="BATCH_EMPTY",
+                metadata={"field": "texts"},
+            )
+        if len(texts) > self._max_batch_texts:
+            raise InvalidArgument(
+                f"texts has {len(texts)} texts; the limit is {self._max_batch_texts}",
+                reason="BATCH_TOO_LARGE",
+                metadata={"field": "texts", "limit": str(self._max_batch_texts)},
+            )
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if size > self._max_batch_bytes:
+            raise InvalidArgument(
+                f"texts has {size} bytes in all; the limit is {self._max_batch_bytes}",
+                reason="BATCH_TOO_LARGE",
+                metadata={"field": "texts", "limit_bytes": str(self._max_batch_bytes)},
+            )
+        for i, text in enumerate(texts):
+            self._check_text(text, f"texts[{i}]")
+        return self._chosen(models)
+
+    def _check_text(self, text: str, field: str) -> None:
         if not text.strip():
-            raise InvalidArgument("text is empty", reason="TEXT_EMPTY", metadata={"field": "text"})
+            raise InvalidArgument(
+                f"{field} is empty", reason="TEXT_EMPTY", metadata={"field": field}
+            )
         if len(text) > self._max_chars:
             raise InvalidArgument(
-                f"text has {len(text)} characters; the limit is {self._max_chars}",
+                f"{field} has {len(text)} characters; the limit is {self._max_chars}",
                 reason="TEXT_TOO_LONG",
-                metadata={"field": "text", "limit": str(self._max_chars)},
+                metadata={"field": field, "limit": str(self._max_chars)},
             )
+
+    def _chosen(self, models: Sequence[str]) -> list[Judge]:
         if not models:
             return list(self._judges.values())
         chosen = []
@@ -152,8 +236,79 @@ class Moderator:
         judges = self.validate(text, models)
         if rate_limited and self._limiter is not None:
             self._limiter.admit(tenant, tokens.approx_messages([ChatMessage("user", text)]))
-        timeout = min(self._model_timeout, max(deadline.remaining() - _MARGIN_S, 0.01))
-        ballots = await self._cascade(judges, _Asked(text, request_id, tenant, timeout))
+        asked = _Asked(text, request_id, tenant, self._timeout(deadline))
+        outcome = self._decide(await self._cascade(judges, asked), tenant)
+        span = trace.get_current_span()
+        span.set_attribute("quorum.moderation.is_safe", outcome.decision.is_safe)
+        span.set_attribute("quorum.moderation.requires_review", outcome.decision.requires_review)
+        span.set_attribute(
+            "quorum.moderation.votes", sum(b.vote.status is Status.OK for b in outcome.ballots)
+        )
+        return outcome
+
+    async def moderate_batch(
+        self,
+        texts: Sequence[str],
+        request_id: str,
+        models: Sequence[str],
+        deadline: Deadline,
+        *,
+        tenant: str,
+        rate_limited: bool = True,
+    ) -> list[Outcome | QuorumError]:
+        """:meth:`moderate` for each of ``texts`` with the same options, under one deadline:
+        one result per text, in order, each the outcome :meth:`moderate` would give or the
+        error it would raise (NO_QUORUM, BUDGET_EXCEEDED). Text ``i`` is moderated as request
+        ``batch_item_id(request_id, i)`` (its paid judges' usage keys). Refused whole, before
+        anything is judged: a bad batch or text (:meth:`validate_batch`), an unknown judge,
+        and a tenant short of allowance (the batch takes one request a text and every text's
+        tokens, all or nothing)."""
+        judges = self.validate_batch(texts, models)
+        if rate_limited and self._limiter is not None:
+            cost = sum(tokens.approx_messages([ChatMessage("user", t)]) for t in texts)
+            self._limiter.admit(tenant, cost, requests=len(texts))
+        timeout = self._timeout(deadline, len(texts))
+        batch = _Batch(texts, timeout, judges)
+        try:
+            ballots = await asyncio.gather(
+                *(
+                    self._cascade(
+                        judges,
+                        _Asked(t, batch_item_id(request_id, i), tenant, timeout, batch, i),
+                    )
+                    for i, t in enumerate(texts)
+                )
+            )
+        finally:
+            await batch.close()
+        results: list[Outcome | QuorumError] = []
+        for each in ballots:
+            try:
+                results.append(self._decide(each, tenant))
+            except QuorumError as err:
+                results.append(err)
+        outcomes = [r for r in results if isinstance(r, Outcome)]
+        span = trace.get_current_span()
+        span.set_attribute("quorum.moderation.texts", len(texts))
+        span.set_attribute(
+            "quorum.moderation.unsafe", sum(not o.decision.is_safe for o in outcomes)
+        )
+        span.set_attribute(
+            "quorum.moderation.requires_review", sum(o.decision.requires_review for o in outcomes)
+        )
+        span.set_attribute("quorum.moderation.failed", len(results) - len(outcomes))
+        return results
+
+    def _timeout(self, deadline: Deadline, texts: int = 1) -> float:
+        """Each judge's time: the model timeout, or what the deadline leaves after the margin
+        for combining and answering ``texts`` texts."""
+        margin = _MARGIN_S + _MARGIN_PER_TEXT_S * (texts - 1)
+        return min(self._model_timeout, max(deadline.remaining() - margin, 0.01))
+
+    def _decide(self, ballots: Sequence[Ballot], tenant: str) -> Outcome:
+        """The verdict of one text's ballots under the policy; without quorum (and
+        ``on_no_quorum = "error"``) ResourceExhausted (BUDGET_EXCEEDED) when a budget refused
+        a judge, else Unavailable (NO_QUORUM)."""
         metrics.votes_cast((b.vote.model, b.vote.status.value, b.vote.is_safe) for b in ballots)
         decision = combine([b.vote for b in ballots], self._policy)
         if not decision.quorum and self._policy.on_no_quorum == "error":
@@ -177,12 +332,6 @@ class Moderator:
                 metadata={"voted": str(voted), "needed": str(self._policy.min_votes)},
             )
         metrics.verdict_given(is_safe=decision.is_safe, requires_review=decision.requires_review)
-        span = trace.get_current_span()
-        span.set_attribute("quorum.moderation.is_safe", decision.is_safe)
-        span.set_attribute("quorum.moderation.requires_review", decision.requires_review)
-        span.set_attribute(
-            "quorum.moderation.votes", sum(b.vote.status is Status.OK for b in ballots)
-        )
         return Outcome(decision, tuple(ballots))
 
     async def _cascade(self, judges: Sequence[Judge], asked: _Asked) -> list[Ballot]:
@@ -246,13 +395,19 @@ class Moderator:
         failure: QuorumError | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                result: JudgeResult = await judge.judge(
-                    asked.text,
-                    timeout_s=timeout_s,
-                    # one key per call: a moderation asked for again is billed again
-                    usage_key=usage_key(asked.request_id, "judge", spec.name, uuid.uuid4().hex[:8]),
-                    tenant=asked.tenant,
-                )
+                result: JudgeResult
+                if asked.batch is not None and spec.name in asked.batch.judges:
+                    result = await asked.batch.result(spec.name, asked.index)
+                else:
+                    result = await judge.judge(
+                        asked.text,
+                        timeout_s=timeout_s,
+                        # one key per call: a moderation asked for again is billed again
+                        usage_key=usage_key(
+                            asked.request_id, "judge", spec.name, uuid.uuid4().hex[:8]
+                        ),
+                        tenant=asked.tenant,
+                    )
             vote, usage = result.vote, result.usage
         except TimeoutError:
             vote = Vote(
@@ -265,7 +420,9 @@ class Moderator:
         except Exception:
             log.exception("judge %s failed", spec.name)
             vote = Vote(spec.name, weight, Status.ERROR, error="INTERNAL: judge failed")
-        if vote.status is not Status.OK:
+        if vote.status is not Status.OK and (
+            asked.batch is None or asked.batch.logs(spec.name, asked.index)
+        ):
             log.warning("judge %s abstained: %s", spec.name, vote.error)
         return Ballot(
             vote=vote,

@@ -64,6 +64,8 @@ async def create(
         max_text_chars=settings.max_text_chars,
         early_decision=settings.early_decision,
         limiter=RateLimiter(settings.rate_limits, clock=time.monotonic),
+        max_batch_texts=settings.max_batch_texts,
+        max_batch_bytes=settings.max_batch_bytes,
     )
     servicer = VoterServicer(
         moderator,

@@ -9,9 +9,9 @@ import grpc
 
 from quorum import auth, ids, protoconv
 from quorum.deadline import Deadline
-from quorum.grpcerrors import map_errors
+from quorum.grpcerrors import map_errors, rpc_status_of
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
-from services.voter.moderation import Moderator, Outcome
+from services.voter.moderation import Moderator, Outcome, batch_item_id
 from services.voter.voting import Status
 
 _STATUS = {
@@ -89,3 +89,35 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
         )
         latency_ms = int((time.monotonic() - start) * 1000)
         return to_response(request_id, outcome, latency_ms)
+
+    @map_errors
+    async def ModerateBatch(
+        self, request: voter_pb2.ModerateBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> voter_pb2.ModerateBatchResponse:
+        deadline = Deadline.from_grpc(
+            context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
+        )
+        start = time.monotonic()
+        caller = _caller(request.tenant)
+        request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
+        results = await self._moderator.moderate_batch(
+            list(request.texts),
+            request_id,
+            list(request.models),
+            deadline,
+            tenant=caller.tenant,
+            rate_limited=caller.role is not auth.Role.SERVICE,
+        )
+        latency_ms = int((time.monotonic() - start) * 1000)
+        return voter_pb2.ModerateBatchResponse(
+            request_id=request_id,
+            latency_ms=latency_ms,
+            results=[
+                voter_pb2.ModerateBatchResult(
+                    moderated=to_response(batch_item_id(request_id, i), r, latency_ms)
+                )
+                if isinstance(r, Outcome)
+                else voter_pb2.ModerateBatchResult(error=rpc_status_of(r))
+                for i, r in enumerate(results)
+            ],
+        )

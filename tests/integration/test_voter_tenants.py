@@ -18,6 +18,7 @@ import pytest
 from quorum.auth import KeyStore, Role
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
+from quorum.grpcerrors import from_rpc_status
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
@@ -259,3 +260,67 @@ async def test_the_voter_limits_its_clients_not_the_router(
         # a tenant's own limit (0: none) overrides the default
         for _ in range(4):
             await mesh.voter.Moderate(req, metadata=mesh.keys["admin"], timeout=10)
+
+
+def batch(texts: list[str], **kw) -> voter_pb2.ModerateBatchRequest:
+    return voter_pb2.ModerateBatchRequest(texts=texts, **kw)
+
+
+async def test_a_batch_follows_the_tenant_rules_and_bills_each_text(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=True) as mesh:
+        acme, service = mesh.keys["acme"], mesh.keys["service"]
+        err = await fails(mesh.voter.ModerateBatch(batch(["hi"], tenant="globex"), metadata=acme))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error_info(err).reason == "OTHER_TENANT"
+        assert not sim.requests
+        resp = await mesh.voter.ModerateBatch(
+            batch(["have a nice day", "see you at lunch", "thanks!"], request_id="b7"),
+            metadata=acme,
+            timeout=10,
+        )
+        assert [r.moderated.request_id for r in resp.results] == ["b7:0", "b7:1", "b7:2"]
+        assert all(r.moderated.is_safe for r in resp.results)
+        await mesh.voter.ModerateBatch(batch(["hello"], tenant="globex"), metadata=service)
+        # each text's judge calls are billed to the batch's tenant, one record a call
+        admin = mesh.keys["admin"]
+        assert await judge_usage(mesh, {"acme": 6, "globex": 2}, metadata=admin) == {
+            "acme": 6,
+            "globex": 2,
+        }
+
+
+async def test_a_text_whose_judges_its_budget_refuses_fails_alone_in_its_batch(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=False) as mesh:
+        tight = cost_pb2.Budget(
+            tenant="acme", model="sim-judge-b", limit=common_pb2.Money(micros=100, currency="USD")
+        )
+        await mesh.cost.SetBudget(cost_pb2.SetBudgetRequest(budget=tight), timeout=5)
+        resp = await mesh.voter.ModerateBatch(
+            batch(["have a nice day", "hello"], models=["sim-judge-b"]),
+            metadata=(("quorum-tenant", "acme"),),
+            timeout=10,
+        )
+        for result in resp.results:
+            assert result.WhichOneof("result") == "error"
+            assert result.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            err = from_rpc_status(result.error, service="voter")
+            assert err.reason == "BUDGET_EXCEEDED" and err.metadata["model"] == "sim-judge-b"
+
+
+async def test_a_batch_counts_one_request_a_text_against_the_voters_limits(
+    sim: ProviderSimulator, tmp_path: Path
+) -> None:
+    limits = {"requests_per_minute": 3}
+    async with quorum_mesh(sim, tmp_path, keys=True, voter_limits=limits) as mesh:
+        acme = mesh.keys["acme"]
+        await mesh.voter.ModerateBatch(batch(["a", "b"]), metadata=acme, timeout=10)
+        err = await fails(mesh.voter.ModerateBatch(batch(["c", "d"]), metadata=acme, timeout=10))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info = error_info(err)
+        assert info.reason == "RATE_LIMITED" and info.metadata["requests"] == "2"
+        # the refused batch took nothing: one text is still allowed
+        await mesh.voter.Moderate(moderate(), metadata=acme, timeout=10)
+        err = await fails(mesh.voter.ModerateBatch(batch(["x"] * 4), metadata=acme, timeout=10))
+        assert "send fewer texts" in err.details()
+        # the service key (the router) is not the voter's to limit
+        await mesh.voter.ModerateBatch(batch(["x"] * 5), metadata=mesh.keys["service"])

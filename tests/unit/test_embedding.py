@@ -8,17 +8,30 @@ These sentences are ours, not from any of those sets.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
 
 from quorum import config
 from quorum.errors import InvalidArgument
 from quorum.localmodels import ngram
-from quorum.localmodels.embedding import DIM, Head, Heads, HeadsError, device_for, encode
+from quorum.localmodels.embedding import (
+    _GELU_BLOCK,
+    DIM,
+    Head,
+    Heads,
+    HeadsError,
+    _gelu_,
+    device_for,
+    encode,
+    model_dir,
+)
 from quorum.registry import CATEGORIES, TritonBackend, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,6 +58,69 @@ def test_embeddings_are_unit_length_float32_in_input_order() -> None:
     singles = np.concatenate([encode([t]) for t in texts])
     np.testing.assert_allclose(e, singles, atol=2e-5)
     assert float(e[0] @ e[1]) < 0.5  # unrelated sentences are far apart
+
+
+def _erf_gelu(x: np.ndarray) -> np.ndarray:
+    """GELU in float64 with the standard library's erf: the reference."""
+    x64 = np.asarray(x, np.float64)
+    return x64 / 2 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+
+
+def test_gelu_in_place_matches_erf_across_blocks() -> None:
+    # more elements than one block, and a last block that is not full
+    n = _GELU_BLOCK * 2 + 1234
+    x = np.linspace(-12, 12, n, dtype=np.float32)
+    want = _erf_gelu(x)
+    got = _gelu_(x)
+    assert got is x  # in place
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="contiguous"):
+        _gelu_(np.zeros((4, 6), np.float32)[:, ::2])
+
+
+def _textbook_embedding(text: str) -> np.ndarray:
+    """all-MiniLM-L6-v2 for one text, written out plainly in float64 from the package's
+    weights (no packing, no padding, the library erf): what the fast forward must equal."""
+    folder = model_dir()
+    w = {k: v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.no_padding()  # the file pads to 128
+    tok.enable_truncation(max_length=256)
+    ids = tok.encode(text).ids
+
+    def ln(x: np.ndarray, p: str) -> np.ndarray:
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * w[p + ".weight"] + w[p + ".bias"]
+
+    def dense(x: np.ndarray, p: str) -> np.ndarray:
+        return x @ w[p + ".weight"].T + w[p + ".bias"]
+
+    e = "embeddings."
+    x = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][: len(ids)]
+    x = ln(x + w[e + "token_type_embeddings.weight"][0], e + "LayerNorm")
+    for i in range(6):
+        a = f"encoder.layer.{i}.attention."
+        q, k, v = (
+            dense(x, a + f"self.{n}").reshape(len(ids), 12, 32) for n in ("query", "key", "value")
+        )
+        scores = np.einsum("ihd,jhd->hij", q, k) / math.sqrt(32)
+        att = np.exp(scores - scores.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        ctx = np.einsum("hij,jhd->ihd", att, v).reshape(len(ids), DIM)
+        x = ln(x + dense(ctx, a + "output.dense"), a + "output.LayerNorm")
+        up = _erf_gelu(dense(x, f"encoder.layer.{i}.intermediate.dense"))
+        out = f"encoder.layer.{i}.output."
+        x = ln(x + dense(up, out + "dense"), out + "LayerNorm")
+    pooled = x.mean(0)
+    return pooled / np.linalg.norm(pooled)
+
+
+def test_batch_of_mixed_lengths_equals_the_textbook_forward() -> None:
+    # lengths from 3 tokens to the 256 of truncation, in one pass (packed, attention padded)
+    texts = ["", "hi", BENIGN, THREAT + " " + BENIGN, "tea " * 400]
+    got = encode(texts)
+    want = np.stack([_textbook_embedding(t) for t in texts])
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_similar_sentences_are_close() -> None:

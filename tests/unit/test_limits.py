@@ -59,3 +59,16 @@ def test_a_tenant_limit_overrides_the_default_and_zero_is_unlimited() -> None:
     rl.admit("other", 1)
     with pytest.raises(ResourceExhausted):
         rl.admit("other", 1)
+
+
+def test_a_batch_takes_one_request_a_text_all_or_nothing() -> None:
+    rl = RateLimiter(Limits(Limit(requests_per_minute=5)), clock=Clock())
+    rl.admit("acme", 10, requests=3)
+    with pytest.raises(ResourceExhausted) as e:
+        rl.admit("acme", 10, requests=3)  # 2 left
+    assert e.value.reason == "RATE_LIMITED" and e.value.metadata["requests"] == "3"
+    assert e.value.retry_after == pytest.approx(12.0)  # 1 short at 5/60 a second
+    rl.admit("acme", 10, requests=2)  # the refused batch took nothing
+    with pytest.raises(ResourceExhausted) as e:
+        rl.admit("globex", 10, requests=6)  # more than a minute's allowance: never
+    assert e.value.retry_after is None and "send fewer texts" in e.value.message

@@ -41,6 +41,11 @@ class VoterServiceStub:
                 request_serializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateRequest.SerializeToString,
                 response_deserializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateResponse.FromString,
                 _registered_method=True)
+        self.ModerateBatch = channel.unary_unary(
+                '/quorum.voter.v1.VoterService/ModerateBatch',
+                request_serializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchRequest.SerializeToString,
+                response_deserializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchResponse.FromString,
+                _registered_method=True)
 
 
 class VoterServiceServicer:
@@ -53,6 +58,15 @@ class VoterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModerateBatch(self, request, context):
+        """Moderates many texts with the same options in one call: each text exactly as Moderate
+        would (the same judges, vote and policy), each local model asked once for the whole batch.
+        For bulk work (a file, a backlog); an interactive caller wants Moderate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VoterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +74,11 @@ def add_VoterServiceServicer_to_server(servicer, server):
                     servicer.Moderate,
                     request_deserializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateRequest.FromString,
                     response_serializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateResponse.SerializeToString,
+            ),
+            'ModerateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModerateBatch,
+                    request_deserializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchRequest.FromString,
+                    response_serializer=quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +109,33 @@ class VoterService:
             '/quorum.voter.v1.VoterService/Moderate',
             quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateRequest.SerializeToString,
             quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModerateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quorum.voter.v1.VoterService/ModerateBatch',
+            quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchRequest.SerializeToString,
+            quorum_dot_voter_dot_v1_dot_voter__pb2.ModerateBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,7 +53,9 @@ class HeadsModel:
     why; ``features`` runs once at load, so the first request pays no start-up.
 
     The config's ``blas_threads`` parameter, when set, caps the BLAS (OpenBLAS) threads of the
-    model's process (:func:`limit_blas_threads`)."""
+    model's process (:func:`limit_blas_threads`); ``blas_threads_one_text``, when set, is the
+    cap for a batch of one text instead (an idle model: one text's latency is then what counts,
+    and a second thread cuts it), the other cap coming back for the next larger batch."""
 
     def __init__(
         self,
@@ -76,8 +78,12 @@ class HeadsModel:
         self.pb_utils, self.what, self.features = pb_utils, what, features
         try:
             threads = limit_blas_threads(parameter(config, "blas_threads"), what=what)
+            alone = _whole(
+                parameter(config, "blas_threads_one_text"), "blas_threads_one_text", what
+            )
         except ValueError as exc:
             raise pb_utils.TritonModelException(str(exc)) from None
+        self._threads = BlasThreads(threads, alone) if threads and alone else None
         features(["warm up"])
         pb_utils.Logger.log_info(
             f"{what}: {args.get('model_instance_kind', 'CPU')} instance, "
@@ -88,11 +94,46 @@ class HeadsModel:
         return execute_scoring(
             self.pb_utils,
             requests,
-            lambda texts: self.heads.score(self.features(texts)),
+            self._score,
             np.float32,
             what=self.what,
             outputs=self.columns,
         )
+
+    def _score(self, texts: Sequence[str]) -> Any:
+        if self._threads is not None:
+            self._threads.for_batch(len(texts))
+        return self.heads.score(self.features(texts))
+
+
+class BlasThreads:
+    """BLAS threads by batch size: ``alone`` for a batch of one text, ``loaded`` otherwise
+    (set only when it changes: about a microsecond)."""
+
+    def __init__(self, loaded: int, alone: int) -> None:
+        from threadpoolctl import ThreadpoolController
+
+        self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        self._loaded, self._alone = loaded, alone
+        self._now = loaded
+
+    def for_batch(self, n: int) -> int:
+        want = self._alone if n == 1 else self._loaded
+        if want != self._now:
+            for lib in self._libs:
+                lib.set_num_threads(want)
+            self._now = want
+        return want
+
+
+def _whole(value: str, key: str, what: str) -> int:
+    try:
+        n = int(value or 0)
+    except ValueError:
+        raise ValueError(f"{what}: {key} must be a whole number, not {value!r}") from None
+    if n < 0:
+        raise ValueError(f"{what}: {key} must be 0 or more, not {n}")
+    return n
 
 
 def parameter(model_config: Mapping[str, Any], key: str) -> str:
@@ -109,12 +150,7 @@ def limit_blas_threads(value: str, *, what: str) -> int:
     Triton stub that shares a few cores with the server, the other models and the services,
     one thread costs the least CPU a text: the spinning threads of a second one burn a core
     whenever another process holds it (``bench/bench_voter.py`` shows the CPU per text)."""
-    try:
-        threads = int(value or 0)
-    except ValueError:
-        raise ValueError(f"{what}: blas_threads must be a whole number, not {value!r}") from None
-    if threads < 0:
-        raise ValueError(f"{what}: blas_threads must be 0 or more, not {threads}")
+    threads = _whole(value, "blas_threads", what)
     if threads:
         from threadpoolctl import threadpool_limits
 

@@ -48,3 +48,20 @@ def test_a_cap_applies_to_numpys_blas_in_the_whole_process() -> None:
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
+def test_a_batch_of_one_text_gets_its_own_thread_count() -> None:
+    code = (
+        "import numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from quorum.localmodels.serving import BlasThreads, limit_blas_threads\n"
+        "def threads():\n"
+        "    return {p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}\n"
+        "limit_blas_threads('1', what='m')\n"
+        "b = BlasThreads(1, 2)\n"
+        "assert b.for_batch(1) == 2 and threads() == {2}, threads()\n"
+        "assert b.for_batch(1) == 2 and threads() == {2}, threads()\n"
+        "assert b.for_batch(7) == 1 and threads() == {1}, threads()\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)

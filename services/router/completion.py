@@ -441,18 +441,28 @@ class Completer:
         route, done = await self._prepare(prompt, deadline)
         result, spec, charge, failures = await self._attempts(route, prompt, deadline, self._call)
         done.route_reason = fell_back(done.route_reason, failures)
-        self._breakers.succeeded(spec.provider_name)
-        charge.answered(
-            result.usage,
-            reported=result.usage_reported,
-            text=result.text,
-            model=result.routed.model if result.routed else "",
-        )
-        self._answered_by(done, spec, result.routed)
-        done.charge = charge
+        self._settle(done, spec, charge, result, result.usage_reported)
         done.text, done.finish_reason = result.text, result.finish_reason
         self._priced(done)
         return done
+
+    def _settle(
+        self,
+        done: Completion,
+        spec: ModelSpec,
+        charge: Charge,
+        answer: ChatResult | _Stream,
+        reported: bool,
+    ) -> None:
+        """``spec`` answered: bill the call (as the model a routing backend chose, when one
+        did) and note who answered."""
+        self._breakers.succeeded(spec.provider_name)
+        routed = answer.routed
+        charge.answered(
+            answer.usage, reported=reported, text=answer.text, model=routed.model if routed else ""
+        )
+        self._answered_by(done, spec, routed)
+        done.charge = charge
 
     def _answered_by(self, done: Completion, spec: ModelSpec, routed: Routed | None) -> None:
         """Who answered: ``spec``, or the model a routing backend (``spec``) chose, which the
@@ -682,15 +692,8 @@ class Completer:
                     stream.take(chunk)
                     if chunk.delta:
                         yield chunk.delta
-            self._breakers.succeeded(spec.provider_name)
-            charge.answered(
-                stream.usage,
-                reported=stream.reported,
-                text=stream.text,
-                model=stream.routed.model if stream.routed else "",
-            )
-            self._answered_by(done, spec, stream.routed)
-            done.charge, done.finish_reason = charge, stream.finish
+            self._settle(done, spec, charge, stream, stream.reported)
+            done.finish_reason = stream.finish
             self._priced(done)
         except QuorumError as e:
             err = e

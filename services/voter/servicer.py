@@ -68,16 +68,23 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
         self._default_timeout = default_timeout_s
         self._max_timeout = max_timeout_s
 
+    def _begin(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Deadline, float, auth.Identity, str]:
+        """What both calls start with: the deadline, the start time, who is asking (and for
+        which tenant), and the request's id (a new one if it has none)."""
+        deadline = Deadline.from_grpc(
+            context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
+        )
+        caller = _caller(request.tenant)
+        request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
+        return deadline, time.monotonic(), caller, request_id
+
     @map_errors
     async def Moderate(
         self, request: voter_pb2.ModerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> voter_pb2.ModerateResponse:
-        deadline = Deadline.from_grpc(
-            context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
-        )
-        start = time.monotonic()
-        caller = _caller(request.tenant)
-        request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
+        deadline, start, caller, request_id = self._begin(request, context)
         outcome = await self._moderator.moderate(
             request.text,
             request_id,
@@ -94,12 +101,7 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
     async def ModerateBatch(
         self, request: voter_pb2.ModerateBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> voter_pb2.ModerateBatchResponse:
-        deadline = Deadline.from_grpc(
-            context.time_remaining(), default_s=self._default_timeout, max_s=self._max_timeout
-        )
-        start = time.monotonic()
-        caller = _caller(request.tenant)
-        request_id = ids.request_id(request.request_id, limit=MAX_REQUEST_ID)
+        deadline, start, caller, request_id = self._begin(request, context)
         results = await self._moderator.moderate_batch(
             list(request.texts),
             request_id,

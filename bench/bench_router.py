@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_router.py [--requests 300] [--seconds 10] [--concurrency 32]
                                            [--provider fast|simulator] [--no-litellm]
+    .venv/bin/python bench/bench_router.py --budgets [--requests 300]
 
 Runs `quorum up` as a person does (Triton, cost, voter, router and the provider simulator on
 free loopback ports, a temporary data folder). The provider that gpt-4.1 is sent to is, by
@@ -22,6 +23,10 @@ Then:
    provider, all driven by that same client. LiteLLM is installed by this script into a
    virtual environment of its own (``.quorum/bench/litellm``; never a dependency of Quorum)
    on first use, from PyPI.
+
+``--budgets`` measures instead what a hard budget adds to a call: ``Complete`` one at a time
+for a tenant with no budget and for one with a (large) hard budget, on a mesh that reserves
+each call with the cost service and on one with budget leases (``[usage] lease_calls = 64``).
 
 Client, provider and every server share this machine's cores, so the figures are what this
 machine does with all of them on it; the provider adds no think time.
@@ -45,6 +50,8 @@ import httpx
 from bench_mesh import start_quorum_up, stop
 
 from quorum.backends.transport import provider_client
+from quorum.common.v1 import common_pb2
+from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 
@@ -108,14 +115,44 @@ def _http(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Call:
 
 
 def _complete(
-    stub: router_pb2_grpc.RouterServiceStub, moderation: router_pb2.ModerationMode
+    stub: router_pb2_grpc.RouterServiceStub,
+    moderation: router_pb2.ModerationMode,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> Call:
     req = router_pb2.CompleteRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, moderation=moderation)
 
     async def call() -> object:
-        return await stub.Complete(req, timeout=30)
+        return await stub.Complete(req, metadata=metadata, timeout=30)
 
     return call
+
+
+async def _budgets(addresses: dict[str, str], args: argparse.Namespace, label: str) -> None:
+    """Complete one at a time (moderation off) for a tenant with no budget and for one with
+    a hard budget (the call waits for its reservation; the commit goes with the record)."""
+    none = router_pb2.MODERATION_MODE_NONE
+    async with (
+        grpc.aio.insecure_channel(addresses["router"]) as channel,
+        grpc.aio.insecure_channel(addresses["cost"]) as cost_channel,
+    ):
+        limit = common_pb2.Money(micros=10**15, currency="USD")
+        await cost_pb2_grpc.CostServiceStub(cost_channel).SetBudget(
+            cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="bench", limit=limit)),
+            timeout=10,
+        )
+        stub = router_pb2_grpc.RouterServiceStub(channel)
+        free = await _one_at_a_time(_complete(stub, none), args.requests)
+        held = await _one_at_a_time(
+            _complete(stub, none, (("quorum-tenant", "bench"),)), args.requests
+        )
+        print(f"budgets, {label}, one request at a time ({args.requests} each):")
+        print(_row("router Complete, a tenant with no budget", free))
+        print(_row("router Complete, a tenant with a hard budget", held))
+        added = statistics.median(held) - statistics.median(free)
+        print(
+            f"  {'':<44}the budget adds p50 {added:+.2f}"
+            f" ms, p99 {_pct(held, 0.99) - _pct(free, 0.99):+.2f} ms"
+        )
 
 
 def _litellm_python() -> Path:
@@ -249,7 +286,15 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--provider", choices=("fast", "simulator"), default="fast")
     p.add_argument("--no-litellm", dest="litellm", action="store_false")
+    p.add_argument(
+        "--budgets",
+        action="store_true",
+        help="instead: what a hard budget adds to a call, per-call reservations and leases",
+    )
     args = p.parse_args()
+    if args.budgets:
+        _budget_runs(args)
+        return
     print(f"router vs direct vs LiteLLM on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
         fast, env, url = None, {}, ""
@@ -269,6 +314,27 @@ def main() -> None:
             if fast is not None:
                 fast.terminate()
                 fast.wait(10)
+
+
+def _budget_runs(args: argparse.Namespace) -> None:
+    """``--budgets``: two meshes on the fast provider (a keyed model: simulated calls are never
+    reserved), one reserving each call, one with budget leases (``[usage] lease_calls``)."""
+    with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
+        fast, url = _start_provider()
+        try:
+            env = {"QUORUM_PROVIDERS__OPENAI__BASE_URL": url, "OPENAI_API_KEY": "bench-key"}
+            for label, extra in (
+                ("a Reserve per call", {}),
+                ("leases of 64 calls", {"QUORUM_USAGE__LEASE_CALLS": "64"}),
+            ):
+                proc, addresses, _ = start_quorum_up(Path(tmp) / label[:8], env | extra)
+                try:
+                    asyncio.run(_budgets(addresses, args, label))
+                finally:
+                    stop(proc)
+        finally:
+            fast.terminate()
+            fast.wait(10)
 
 
 if __name__ == "__main__":

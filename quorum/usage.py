@@ -59,6 +59,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -84,6 +85,8 @@ MAX_BATCH_RECORDS = 1000
 #: background Release calls at once; past this a voided call's reservation just expires
 MAX_RELEASES_IN_FLIGHT = 64
 MAX_UNBUDGETED_CACHED = 10_000
+#: a lease's share goes only to a call that ends (its deadline) this long before the lease does
+LEASE_MARGIN_S = 5.0
 
 
 def usage_key(*parts: str) -> str:
@@ -188,6 +191,12 @@ class MeterSettings:
     #: a tenant and model no budget covered are not asked about again for this long (a new
     #: budget takes hold within it)
     unbudgeted_cache_s: float = 5.0
+    #: budget leases: reserve this many calls' most at once for a tenant and model, and take
+    #: each call's share from it here (0: one Reserve per call)
+    lease_calls: int = 0
+    #: a lease gives out shares for this long; then (or once used up) it is given back as
+    #: soon as its calls have settled
+    lease_s: float = 10.0
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> MeterSettings:
@@ -211,6 +220,8 @@ class MeterSettings:
             ),
             reservation_margin_s=config.get_float(u, "reservation_margin_s", w, minimum=1.0),
             unbudgeted_cache_s=config.get_float(u, "unbudgeted_cache_s", w),
+            lease_calls=config.get_int(u, "lease_calls", w, minimum=0),
+            lease_s=config.get_float(u, "lease_s", w, minimum=0.1),
         )
 
 
@@ -374,6 +385,41 @@ def _without_reservation(rec: UsageRecord, err: errors.QuorumError) -> None:
     )  # fmt: skip
 
 
+# --- budget leases ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Lease:
+    """A reservation of several calls' most for one tenant and model: input and output tokens,
+    each a stock the calls' shares are taken from. Prices are never below zero, so calls whose
+    tokens fit in the lease cost at most what the cost service reserved for it."""
+
+    reservation_id: str
+    input_left: int
+    output_left: int
+    #: monotonic: no share is given after this
+    carve_until: float
+    #: monotonic: when the cost service lets the reservation go
+    expires_at: float
+    open: int = 0  # shares given whose calls have not settled
+    retired: bool = False  # no more shares; given back once ``open`` is 0
+
+    def carve(self, budget: Budgeted, now: float) -> bool:
+        """Take one call's share (False: it does not fit, or the lease is too old for it)."""
+        if (
+            self.retired
+            or now > self.carve_until
+            or now + budget.hold_s + LEASE_MARGIN_S > self.expires_at
+            or budget.input_tokens > self.input_left
+            or budget.max_output_tokens > self.output_left
+        ):
+            return False
+        self.input_left -= budget.input_tokens
+        self.output_left -= budget.max_output_tokens
+        self.open += 1
+        return True
+
+
 # --- the meter ------------------------------------------------------------------------------
 
 
@@ -504,6 +550,9 @@ class Meter:
         self._tasks: list[asyncio.Task[None]] = []
         self._releases: set[asyncio.Task[None]] = set()
         self._unbudgeted: dict[tuple[str, str], float] = {}
+        self._leases: dict[tuple[str, str], _Lease] = {}
+        self._leasing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._carved: dict[str, _Lease] = {}  # a call's key: the lease its share came from
         self._closing = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -553,6 +602,9 @@ class Meter:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
+        for lease in list(self._leases.values()):
+            self._retire(lease)  # those with calls still open expire
+        self._leases.clear()
         if self._releases:  # best effort: a reservation not released expires
             await asyncio.wait(self._releases, timeout=self._s.reserve_timeout_s)
         self._tasks = []
@@ -617,11 +669,10 @@ class Meter:
         )
         # the reservation is asked for while the intent is made durable; the intent does not
         # name it (after a crash the call is billed without it, and the reservation expires)
-        reserving = (
-            asyncio.ensure_future(self._reserve(key, tenant, model, budget))
-            if budget is not None and self._s.reserve and not simulated
-            else None
-        )
+        reserving = None
+        if budget is not None and self._s.reserve and not simulated:
+            if not self._carve(key, tenant, model, budget):  # a share of a lease: no round trip
+                reserving = asyncio.ensure_future(self._hold(key, tenant, model, budget))
         self._open[key] = intent
         # written to the OS now (a killed process still bills the call); waited for on disk
         # only when so configured, or when the journal is being compacted
@@ -634,6 +685,7 @@ class Meter:
                 await asyncio.shield(done)
         except errors.QuorumError:
             self._open.pop(key, None)
+            self._uncarve(key)
             if reserving is not None:
                 reserving.add_done_callback(self._release_when_reserved)
             raise
@@ -651,6 +703,117 @@ class Meter:
     def _release_when_reserved(self, reserving: asyncio.Future[str]) -> None:
         if not reserving.cancelled() and reserving.exception() is None and reserving.result():
             self._release(reserving.result())
+
+    # -- budget leases ---------------------------------------------------------------------------
+
+    def _carve(self, key: str, tenant: str, model: str, budget: Budgeted) -> bool:
+        """Give the call a share of its tenant and model's lease, if one is live and has room
+        (a lease that has none, or is too old, is retired)."""
+        lease = self._leases.get((tenant, model)) if self._s.lease_calls else None
+        if lease is None:
+            return False
+        if not lease.carve(budget, time.monotonic()):
+            del self._leases[(tenant, model)]
+            self._retire(lease)
+            return False
+        self._carved[key] = lease
+        return True
+
+    async def _hold(self, key: str, tenant: str, model: str, budget: Budgeted) -> str:
+        """A share of a new lease ("") or, when none can be had, the call's own reservation
+        (:meth:`_reserve`, which also says whether the budget holds it)."""
+        if self._s.lease_calls and await self._lease(tenant, model, budget):
+            if self._carve(key, tenant, model, budget):
+                return ""
+        return await self._reserve(key, tenant, model, budget)
+
+    async def _lease(self, tenant: str, model: str, budget: Budgeted) -> bool:
+        """Make sure a lease is live for ``tenant`` and ``model`` (one request for it at a
+        time: the calls that come meanwhile wait for it); False when none could be had (no
+        budget covers the calls, the budget cannot hold a lease, the cost service is down)."""
+        at = (tenant, model)
+        if self._unbudgeted.get(at, 0.0) > time.monotonic():
+            return False
+        asked = self._leasing.get(at)
+        if asked is not None:
+            await asyncio.shield(asked)
+            return at in self._leases
+        asked = asyncio.get_running_loop().create_future()
+        self._leasing[at] = asked
+        try:
+            lease = await self._ask_lease(tenant, model, budget)
+            if lease is not None:
+                self._leases[at] = lease
+                # given back when its time is up even if no call comes to notice it
+                asyncio.get_running_loop().call_later(
+                    self._s.lease_s, self._lease_ended, at, lease
+                )
+            return lease is not None
+        finally:
+            del self._leasing[at]
+            asked.set_result(None)
+
+    async def _ask_lease(self, tenant: str, model: str, budget: Budgeted) -> _Lease | None:
+        n, s = self._s.lease_calls, self._s
+        # it must outlive the calls it gives shares to: those that end (by their deadline) in
+        # time get one, the others reserve for themselves
+        ttl_s = s.lease_s + max(budget.hold_s, 60.0) + s.reservation_margin_s
+        ttl = duration_pb2.Duration()
+        ttl.FromMilliseconds(int(min(ttl_s, 86_400) * 1000))
+        request = cost_pb2.ReserveRequest(
+            request_id="lease_" + uuid.uuid4().hex,
+            tenant=tenant,
+            model=model,
+            input_tokens=budget.input_tokens * n,
+            max_output_tokens=budget.max_output_tokens * n,
+            ttl=ttl,
+        )
+        timeout_s = min(s.reserve_timeout_s, budget.hold_s)
+        if timeout_s <= 0:
+            return None
+        asked_at = time.monotonic()
+        try:
+            resp = await self._stub.Reserve(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            # over the budget, or the cost service is down: the call asks for itself, and
+            # its own reservation says what holds
+            log.info("no budget lease for %s/%s (%s)", tenant, model, e.code())
+            return None
+        if not resp.reservation_id:
+            if s.unbudgeted_cache_s > 0:
+                if len(self._unbudgeted) >= MAX_UNBUDGETED_CACHED:
+                    self._unbudgeted.clear()
+                self._unbudgeted[(tenant, model)] = time.monotonic() + s.unbudgeted_cache_s
+            return None
+        return _Lease(
+            reservation_id=str(resp.reservation_id),
+            input_left=request.input_tokens,
+            output_left=request.max_output_tokens,
+            carve_until=asked_at + s.lease_s,
+            expires_at=asked_at + ttl_s,
+        )
+
+    def _lease_ended(self, at: tuple[str, str], lease: _Lease) -> None:
+        if self._leases.get(at) is lease:
+            del self._leases[at]
+        if not lease.retired:
+            self._retire(lease)
+
+    def _retire(self, lease: _Lease) -> None:
+        """No more shares from ``lease``; given back once its calls have settled."""
+        lease.retired = True
+        if lease.open == 0:
+            self._release(lease.reservation_id)
+
+    def _uncarve(self, key: str) -> None:
+        """The call ``key`` is settled or voided: its share is used (its record goes to the
+        cost service on its own)."""
+        lease = self._carved.pop(key, None)
+        if lease is None:
+            return
+        lease.open -= 1
+        if lease.retired and lease.open == 0:
+            self._release(lease.reservation_id)
 
     async def _reserve(self, key: str, tenant: str, model: str, budget: Budgeted) -> str:
         """The reservation's id ("" when no budget covers the call, or none could be made
@@ -737,6 +900,7 @@ class Meter:
 
     def _settled(self, rec: UsageRecord) -> None:
         self._open.pop(rec.request_id, None)
+        self._uncarve(rec.request_id)
         self._pending[rec.request_id] = rec
         self._enqueue(_line("usage", rec), None)
         self._wake.set()
@@ -751,6 +915,7 @@ class Meter:
         if intent is not None and intent.reservation_id:
             self._release(intent.reservation_id)
         self._open.pop(key, None)
+        self._uncarve(key)
         self._enqueue(_line("void", key=key), None)
 
     async def _wait_taken(self, key: str, timeout_s: float) -> bool:

@@ -102,10 +102,14 @@ async def test_one_request_id_belongs_to_its_tenant(mesh, sim):
     assert sim.stats["completions"] == 2
 
 
+@pytest.mark.parametrize(
+    "mesh", [{}, {"lease_calls": 8, "lease_s": 0.5}], indirect=True, ids=["per-call", "leases"]
+)
 async def test_64_clients_through_the_router_never_spend_past_the_budget(mesh, sim):
     """64 clients, 4 calls each, on one budget that holds about 30 calls' maxima: calls past
     it are refused before the provider; what was spent stays within the limit, and every
-    provider call is in the ledger once."""
+    provider call is in the ledger once. The same with budget leases (8 calls' most reserved
+    at once, shares taken in the router; a lease gives out shares for 0.5 s)."""
     router, cost, _ = mesh
     sim.latency_s = 0.02
     limit = 7_000

@@ -346,3 +346,79 @@ async def test_a_reservation_waits_no_longer_than_the_call_has(
             assert elapsed < min(hold_s, 0.3) + 0.25
         finally:
             await meter.stop()
+
+
+async def test_budget_leases_take_shares_without_a_round_trip(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """With leases (4 calls' most at once), 10 budgeted calls ask the cost service three
+    times; a call too large for the live lease retires it and gets a lease of its own size;
+    the calls are billed on their own, and each lease is given back once it is retired and
+    its calls have settled (the last one when the meter stops). A tenant with no budget asks
+    once (then the unbudgeted cache answers)."""
+    server, port, monitor, close = await create(cost_settings(tmp_path))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = cost_pb2_grpc.CostServiceStub(ch)
+            limit = common_pb2.Money(micros=10**9, currency="USD")
+            await stub.SetBudget(
+                cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)),
+                timeout=5,
+            )
+            settings = MeterSettings(lease_calls=4, lease_s=30.0)
+            meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
+            await meter.start()
+            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+            try:
+                charges = []
+                for i in range(10):
+                    charges.append(
+                        await meter.begin(
+                            f"k{i}", MODEL, input_tokens=10, max_output_tokens=100,
+                            tenant="acme", budget=hold,
+                        )  # fmt: skip
+                    )
+                assert all(c.intent.reservation_id == "" for c in charges)  # shares
+                big = await meter.begin(
+                    "big", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=Budgeted(input_tokens=10, max_output_tokens=1000, hold_s=5),
+                )  # fmt: skip
+                assert big.intent.reservation_id == ""  # a share of a lease of its size
+                (status,) = (
+                    await stub.GetBudgetStatus(
+                        cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
+                    )
+                ).budgets
+                small, large = 4 * (10 * 2 + 100 * 8), 4 * (10 * 2 + 1000 * 8)  # 2/8 per MTok
+                assert status.reserved.micros == 3 * small + large
+                for c in [*charges, big]:
+                    c.settle(10, 20)
+                for _ in range(3):
+                    await meter.begin(
+                        "free", MODEL, input_tokens=1, max_output_tokens=1, budget=hold
+                    )  # the default tenant: no budget
+                assert all(await asyncio.gather(*(c.recorded(5) for c in [*charges, big])))
+                await asyncio.sleep(0.2)  # the releases, in the background
+                (status,) = (
+                    await stub.GetBudgetStatus(
+                        cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
+                    )
+                ).budgets
+                # the retired leases are given back; the live one (3 shares left) still holds
+                assert status.spent.micros == 11 * (10 * 2 + 20 * 8)
+                assert status.reserved.micros == large
+            finally:
+                await meter.stop()
+            await asyncio.sleep(0.2)
+            (status,) = (
+                await stub.GetBudgetStatus(
+                    cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
+                )
+            ).budgets
+            assert status.reserved.micros == 0  # stopping gives the last lease back
+    finally:
+        await server.stop(None)
+        await monitor.stop()
+        await close()
+    assert calls(spans, "Reserve") == 4 + 1  # four leases, and the tenant with no budget

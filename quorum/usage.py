@@ -745,9 +745,7 @@ class Meter:
             if lease is not None:
                 self._leases[at] = lease
                 # given back when its time is up even if no call comes to notice it
-                asyncio.get_running_loop().call_later(
-                    self._s.lease_s, self._lease_ended, at, lease
-                )
+                asyncio.get_running_loop().call_later(self._s.lease_s, self._lease_ended, at, lease)
             return lease is not None
         finally:
             del self._leasing[at]

@@ -373,12 +373,11 @@ async def test_budget_leases_take_shares_without_a_round_trip(
             try:
                 charges = []
                 for i in range(10):
-                    charges.append(
-                        await meter.begin(
-                            f"k{i}", MODEL, input_tokens=10, max_output_tokens=100,
-                            tenant="acme", budget=hold,
-                        )  # fmt: skip
-                    )
+                    charge = await meter.begin(
+                        f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                        budget=hold,
+                    )  # fmt: skip
+                    charges.append(charge)
                 assert all(c.intent.reservation_id == "" for c in charges)  # shares
                 big = await meter.begin(
                     "big", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",

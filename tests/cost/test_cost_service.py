@@ -439,6 +439,9 @@ async def test_list_prices_sorted_in_micros_per_million_tokens(cost: CostHarness
         ("ngram-heads", 0, 0, "USD"),
         ("nsfw-check", 0, 0, "USD"),
         ("profanity-check", 0, 0, "USD"),
+        # the routed_chat ensemble: the dearest model it may choose (reserved at, never billed
+        # at: a call through it is billed as the model that answered)
+        ("routed-chat", 3_000_000, 15_000_000, "USD"),
         ("smollm2-135m", 0, 0, "USD"),  # the local chat model: free, like the local judges
         ("text-heads", 0, 0, "USD"),
     ]

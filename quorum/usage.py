@@ -420,6 +420,10 @@ class _Lease:
         return True
 
 
+#: what a lease request gets when no budget covers the calls
+_NO_BUDGET = _Lease("", 0, 0, 0.0, 0.0, retired=True)
+
+
 # --- the meter ------------------------------------------------------------------------------
 
 
@@ -722,18 +726,22 @@ class Meter:
     async def _hold(self, key: str, tenant: str, model: str, budget: Budgeted) -> str:
         """A share of a new lease ("") or, when none can be had, the call's own reservation
         (:meth:`_reserve`, which also says whether the budget holds it)."""
-        if self._s.lease_calls and await self._lease(tenant, model, budget):
-            if self._carve(key, tenant, model, budget):
+        if self._s.lease_calls:
+            leased = await self._lease(tenant, model, budget)
+            if leased is None:
+                return ""  # no budget covers the call: nothing to hold
+            if leased and self._carve(key, tenant, model, budget):
                 return ""
         return await self._reserve(key, tenant, model, budget)
 
-    async def _lease(self, tenant: str, model: str, budget: Budgeted) -> bool:
+    async def _lease(self, tenant: str, model: str, budget: Budgeted) -> bool | None:
         """Make sure a lease is live for ``tenant`` and ``model`` (one request for it at a
-        time: the calls that come meanwhile wait for it); False when none could be had (no
-        budget covers the calls, the budget cannot hold a lease, the cost service is down)."""
+        time: the calls that come meanwhile wait for it); None when no budget covers the
+        calls, False when none could be had (the budget cannot hold a lease, the cost service
+        is down)."""
         at = (tenant, model)
         if self._unbudgeted.get(at, 0.0) > time.monotonic():
-            return False
+            return None
         asked = self._leasing.get(at)
         if asked is not None:
             await asyncio.shield(asked)
@@ -742,6 +750,8 @@ class Meter:
         self._leasing[at] = asked
         try:
             lease = await self._ask_lease(tenant, model, budget)
+            if lease is _NO_BUDGET:
+                return None
             if lease is not None:
                 self._leases[at] = lease
                 # given back when its time is up even if no call comes to notice it
@@ -752,6 +762,8 @@ class Meter:
             asked.set_result(None)
 
     async def _ask_lease(self, tenant: str, model: str, budget: Budgeted) -> _Lease | None:
+        """A new lease; None when none could be had, ``_NO_BUDGET`` when no budget covers
+        the calls."""
         n, s = self._s.lease_calls, self._s
         # it must outlive the calls it gives shares to: those that end (by their deadline) in
         # time get one, the others reserve for themselves
@@ -782,7 +794,7 @@ class Meter:
                 if len(self._unbudgeted) >= MAX_UNBUDGETED_CACHED:
                     self._unbudgeted.clear()
                 self._unbudgeted[(tenant, model)] = time.monotonic() + s.unbudgeted_cache_s
-            return None
+            return _NO_BUDGET
         return _Lease(
             reservation_id=str(resp.reservation_id),
             input_left=request.input_tokens,

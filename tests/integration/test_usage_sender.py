@@ -421,3 +421,33 @@ async def test_budget_leases_take_shares_without_a_round_trip(
         await monitor.stop()
         await close()
     assert calls(spans, "Reserve") == 4 + 1  # four leases, and the tenant with no budget
+
+
+async def test_with_leases_a_tenant_with_no_budget_is_asked_once_a_call(
+    spans: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    """No unbudgeted cache: each call asks for a lease, hears that no budget covers it, and
+    goes ahead without asking again for itself."""
+    server, port, monitor, close = await create(cost_settings(tmp_path))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = cost_pb2_grpc.CostServiceStub(ch)
+            settings = MeterSettings(lease_calls=4, unbudgeted_cache_s=0)
+            meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
+            await meter.start()
+            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+            try:
+                for i in range(3):
+                    charge = await meter.begin(
+                        f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, budget=hold
+                    )
+                    assert charge.intent.reservation_id == ""
+                    charge.settle(10, 20)
+            finally:
+                await meter.stop()
+    finally:
+        await server.stop(None)
+        await monitor.stop()
+        await close()
+    assert calls(spans, "Reserve") == 3

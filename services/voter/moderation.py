@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 #: time kept back from the deadline for combining and answering, and for each more text of
-#: a batch (a few hundred microseconds of CPU each on a busy machine)
+#: a batch (a few hundred microseconds of CPU each, more on a loaded machine)
 _MARGIN_S = 0.05
-_MARGIN_PER_TEXT_S = 0.0005
+_MARGIN_PER_TEXT_S = 0.001
 
 
 def batch_item_id(request_id: str, index: int) -> str:

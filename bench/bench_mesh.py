@@ -2,10 +2,9 @@
 
     .venv/bin/python bench/bench_mesh.py [--starts 3] [--requests 200]
 
-Complete is timed for the default tenant (no budget: its reservation is still made), for a
-tenant with a budget (the reservation checks it), and, on one more `quorum up` started with
-``[usage] reserve = false``, with no reservation at all: the difference is what budgets cost
-a completion (the commit goes with the usage record, off the request path).
+With no API key every completion is answered by the provider simulator, and a simulated call
+is never reserved against a budget: what a hard budget costs a real call is measured by
+``bench/bench_router.py --budgets`` (a keyed provider stand-in).
 
 Runs `quorum up` as a person does (no API key: Triton, cost, voter, router and the provider
 simulator; ports moved to free ones with QUORUM_* overrides, a temporary data folder) and
@@ -29,8 +28,6 @@ from pathlib import Path
 
 import grpc
 
-from quorum.common.v1 import common_pb2
-from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
@@ -103,10 +100,8 @@ def timed(call: Callable[[], object], n: int, warmup: int = 10) -> list[float]:
     return out
 
 
-def call(
-    rpc: Callable[..., object], req: object, metadata: tuple[tuple[str, str], ...] = ()
-) -> Callable[[], object]:
-    return lambda: rpc(req, timeout=10, metadata=metadata)
+def call(rpc: Callable[..., object], req: object) -> Callable[[], object]:
+    return lambda: rpc(req, timeout=10)
 
 
 def main() -> None:
@@ -132,18 +127,9 @@ def main() -> None:
             with (
                 grpc.insecure_channel(addresses["voter"]) as vch,
                 grpc.insecure_channel(addresses["router"]) as rch,
-                grpc.insecure_channel(addresses["cost"]) as cch,
             ):
                 voter = voter_pb2_grpc.VoterServiceStub(vch)
                 router = router_pb2_grpc.RouterServiceStub(rch)
-                cost_pb2_grpc.CostServiceStub(cch).SetBudget(
-                    cost_pb2.SetBudgetRequest(
-                        budget=cost_pb2.Budget(
-                            tenant="bench", limit=common_pb2.Money(micros=10**15, currency="USD")
-                        )
-                    ),
-                    timeout=10,
-                )
                 text = "Thanks for the quick delivery, the package arrived in perfect condition."
                 mod = voter_pb2.ModerateRequest(text=text)
                 one = voter_pb2.ModerateRequest(text=text, models=["profanity-check"])
@@ -152,42 +138,15 @@ def main() -> None:
                 )
                 moderated = router_pb2.CompleteRequest(prompt="What is a quorum?")
                 n = args.requests
-                budgeted = (("quorum-tenant", "bench"),)
                 rows = (
-                    (
-                        "Moderate (every local judge on Triton; no keyed judge)",
-                        voter.Moderate,
-                        mod,
-                        (),
-                    ),
-                    ("Moderate, profanity-check alone (models=[...])", voter.Moderate, one, ()),
-                    ("Complete, simulator, no moderation", router.Complete, plain, ()),
-                    (
-                        "Complete, simulator, no moderation, a tenant with a budget",
-                        router.Complete,
-                        plain,
-                        budgeted,
-                    ),
-                    (
-                        "Complete, simulator, input moderation (default)",
-                        router.Complete,
-                        moderated,
-                        (),
-                    ),
+                    ("Moderate (every local judge on Triton; no keyed judge)", voter.Moderate, mod),
+                    ("Moderate, profanity-check alone (models=[...])", voter.Moderate, one),
+                    ("Complete, simulator, no moderation", router.Complete, plain),
+                    ("Complete, simulator, input moderation (default)", router.Complete, moderated),
                 )
-                for title, rpc, req, metadata in rows:
+                for title, rpc, req in rows:
                     print(f"{title}:")
-                    print("  " + percentiles(timed(call(rpc, req, metadata), n)))
-        finally:
-            stop(proc)
-        proc, addresses, _ = start_quorum_up(
-            Path(tmp) / "no-reserve", {"QUORUM_USAGE__RESERVE": "false"}
-        )
-        try:
-            with grpc.insecure_channel(addresses["router"]) as rch:
-                router = router_pb2_grpc.RouterServiceStub(rch)
-                print("Complete, simulator, no moderation, reservations off ([usage] reserve):")
-                print("  " + percentiles(timed(call(router.Complete, plain), n)))
+                    print("  " + percentiles(timed(call(rpc, req), n)))
         finally:
             stop(proc)
 

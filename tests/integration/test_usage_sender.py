@@ -38,6 +38,27 @@ def cost_settings(tmp_path: Path):
     return from_config(config.defaults(), {"QUORUM_DATA_DIR": str(tmp_path)}, address="127.0.0.1:0")
 
 
+@asynccontextmanager
+async def cost_service(tmp_path: Path) -> AsyncIterator[cost_pb2_grpc.CostServiceStub]:
+    """A cost service in process on a free port (SQLite in ``tmp_path``): a stub to it."""
+    server, port, monitor, close = await create(cost_settings(tmp_path))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield cost_pb2_grpc.CostServiceStub(ch)
+    finally:
+        await server.stop(None)
+        await monitor.stop()
+        await close()
+
+
+async def acme_status(stub: cost_pb2_grpc.CostServiceStub) -> cost_pb2.BudgetStatus:
+    """The status of acme's one budget."""
+    req = cost_pb2.GetBudgetStatusRequest(tenant="acme")
+    (status,) = (await stub.GetBudgetStatus(req, timeout=5)).budgets
+    return status
+
+
 async def settle(meter: Meter, keys: list[str], model: str = MODEL) -> list[Charge]:
     """Calls noted (all at once), then settled one after the other without yielding: the
     sender finds every record pending when it next runs."""
@@ -75,24 +96,16 @@ def calls(exporter: InMemorySpanExporter, method: str) -> int:
 async def test_settled_records_go_in_one_batch_call(
     spans: InMemorySpanExporter, tmp_path: Path
 ) -> None:
-    server, port, monitor, close = await create(cost_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            meter = Meter(stub, tmp_path / "j", source="router")
-            await meter.start()
-            try:
-                charges = await settle(meter, [f"k{i}" for i in range(300)])
-                assert all(await asyncio.gather(*(c.recorded(5) for c in charges)))
-                assert meter.backlog == 0
-            finally:
-                await meter.stop()
-            assert (await summary(stub)).requests == 300
-    finally:
-        await server.stop(None)
-        await monitor.stop()
-        await close()
+    async with cost_service(tmp_path) as stub:
+        meter = Meter(stub, tmp_path / "j", source="router")
+        await meter.start()
+        try:
+            charges = await settle(meter, [f"k{i}" for i in range(300)])
+            assert all(await asyncio.gather(*(c.recorded(5) for c in charges)))
+            assert meter.backlog == 0
+        finally:
+            await meter.stop()
+        assert (await summary(stub)).requests == 300
     assert calls(spans, "RecordUsageBatch") == 1
     assert calls(spans, "RecordUsage") == 0
     assert replay(tmp_path / "j") == ({}, {})
@@ -149,102 +162,78 @@ async def test_each_record_of_a_batch_is_taken_refused_or_sent_again_on_its_own(
 
 
 async def test_a_record_whose_reservation_is_gone_is_billed_without_it(tmp_path: Path) -> None:
-    server, port, monitor, close = await create(cost_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            limit = common_pb2.Money(micros=10**9, currency="USD")
-            await stub.SetBudget(
-                cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)),
-                timeout=5,
+    async with cost_service(tmp_path) as stub:
+        limit = common_pb2.Money(micros=10**9, currency="USD")
+        await stub.SetBudget(
+            cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)),
+            timeout=5,
+        )
+        meter = Meter(stub, tmp_path / "j", source="router")
+        await meter.start()
+        try:
+            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+            charge = await meter.begin(
+                "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                budget=hold,
+            )  # fmt: skip
+            assert charge.intent.reservation_id.startswith("rsv_")
+            # released by mistake before the record arrives
+            await stub.Release(
+                cost_pb2.ReleaseRequest(reservation_id=charge.intent.reservation_id), timeout=5
             )
-            meter = Meter(stub, tmp_path / "j", source="router")
-            await meter.start()
-            try:
-                hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
-                charge = await meter.begin(
-                    "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                    budget=hold,
-                )  # fmt: skip
-                assert charge.intent.reservation_id.startswith("rsv_")
-                # released by mistake before the record arrives
-                await stub.Release(
-                    cost_pb2.ReleaseRequest(reservation_id=charge.intent.reservation_id), timeout=5
-                )
-                other = await meter.begin("k2", MODEL, input_tokens=1, max_output_tokens=1)
-                charge.settle(10, 20)
-                other.settle(1, 1)
-                assert await charge.recorded(5) and await other.recorded(5)
-            finally:
-                await meter.stop()
-            (status,) = (
-                await stub.GetBudgetStatus(
-                    cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
-                )
-            ).budgets
-            assert status.spent.micros == 10 * 2 + 20 * 8  # billed, although not reserved
-            assert (await summary(stub)).requests == 2
-    finally:
-        await server.stop(None)
-        await monitor.stop()
-        await close()
+            other = await meter.begin("k2", MODEL, input_tokens=1, max_output_tokens=1)
+            charge.settle(10, 20)
+            other.settle(1, 1)
+            assert await charge.recorded(5) and await other.recorded(5)
+        finally:
+            await meter.stop()
+        status = await acme_status(stub)
+        assert status.spent.micros == 10 * 2 + 20 * 8  # billed, although not reserved
+        assert (await summary(stub)).requests == 2
 
 
 async def test_a_simulated_call_is_recorded_simulated_and_never_reserved(tmp_path: Path) -> None:
-    server, port, monitor, close = await create(cost_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            tiny = common_pb2.Money(micros=1, currency="USD")  # holds no real call at all
-            await stub.SetBudget(
-                cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=tiny)),
-                timeout=5,
-            )
-            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
-            meter = Meter(stub, tmp_path / "j", source="router")
-            await meter.start()
-            try:
-                charge = await meter.begin(
-                    "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                    budget=hold, simulated=True,
-                )  # fmt: skip
-                assert charge.intent.reservation_id == "" and charge.intent.simulated
-                charge.settle(10, 20)
-                assert await charge.recorded(5)
-                # a call the process stopped during: its intent is billed at the next start,
-                # still simulated
+    async with cost_service(tmp_path) as stub:
+        tiny = common_pb2.Money(micros=1, currency="USD")  # holds no real call at all
+        await stub.SetBudget(
+            cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=tiny)),
+            timeout=5,
+        )
+        hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+        meter = Meter(stub, tmp_path / "j", source="router")
+        await meter.start()
+        try:
+            charge = await meter.begin(
+                "k1", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                budget=hold, simulated=True,
+            )  # fmt: skip
+            assert charge.intent.reservation_id == "" and charge.intent.simulated
+            charge.settle(10, 20)
+            assert await charge.recorded(5)
+            # a call the process stopped during: its intent is billed at the next start,
+            # still simulated
+            await meter.begin(
+                "k2", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                budget=hold, simulated=True,
+            )  # fmt: skip
+            with pytest.raises(ResourceExhausted):  # a real call is held to the budget
                 await meter.begin(
-                    "k2", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                    budget=hold, simulated=True,
+                    "k3", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=hold,
                 )  # fmt: skip
-                with pytest.raises(ResourceExhausted):  # a real call is held to the budget
-                    await meter.begin(
-                        "k3", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                        budget=hold,
-                    )  # fmt: skip
-            finally:
-                await meter.stop()
-            meter = Meter(stub, tmp_path / "j", source="router")
-            await meter.start()
-            await meter.stop(drain_s=5)
-            assert meter.backlog == 0
-            s = await summary(stub)
-            assert (s.requests, list(s.totals)) == (0, [])
-            assert s.simulated_requests == 2
-            (model,) = s.simulated_models
-            assert model.model == MODEL and model.estimated_requests == 1
-            (status,) = (
-                await stub.GetBudgetStatus(
-                    cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
-                )
-            ).budgets
-            assert (status.spent.micros, status.reserved.micros) == (0, 0)
-    finally:
-        await server.stop(None)
-        await monitor.stop()
-        await close()
+        finally:
+            await meter.stop()
+        meter = Meter(stub, tmp_path / "j", source="router")
+        await meter.start()
+        await meter.stop(drain_s=5)
+        assert meter.backlog == 0
+        s = await summary(stub)
+        assert (s.requests, list(s.totals)) == (0, [])
+        assert s.simulated_requests == 2
+        (model,) = s.simulated_models
+        assert model.model == MODEL and model.estimated_requests == 1
+        status = await acme_status(stub)
+        assert (status.spent.micros, status.reserved.micros) == (0, 0)
 
 
 @asynccontextmanager
@@ -356,70 +345,50 @@ async def test_budget_leases_take_shares_without_a_round_trip(
     the calls are billed on their own, and each lease is given back once it is retired and
     its calls have settled (the last one when the meter stops). A tenant with no budget asks
     once (then the unbudgeted cache answers)."""
-    server, port, monitor, close = await create(cost_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            limit = common_pb2.Money(micros=10**9, currency="USD")
-            await stub.SetBudget(
-                cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)),
-                timeout=5,
-            )
-            settings = MeterSettings(lease_calls=4, lease_s=30.0)
-            meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
-            await meter.start()
-            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
-            try:
-                charges = []
-                for i in range(10):
-                    charge = await meter.begin(
-                        f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                        budget=hold,
-                    )  # fmt: skip
-                    charges.append(charge)
-                assert all(c.intent.reservation_id == "" for c in charges)  # shares
-                big = await meter.begin(
-                    "big", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
-                    budget=Budgeted(input_tokens=10, max_output_tokens=1000, hold_s=5),
+    async with cost_service(tmp_path) as stub:
+        limit = common_pb2.Money(micros=10**9, currency="USD")
+        await stub.SetBudget(
+            cost_pb2.SetBudgetRequest(budget=cost_pb2.Budget(tenant="acme", limit=limit)),
+            timeout=5,
+        )
+        settings = MeterSettings(lease_calls=4, lease_s=30.0)
+        meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
+        await meter.start()
+        hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+        try:
+            charges = []
+            for i in range(10):
+                charge = await meter.begin(
+                    f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                    budget=hold,
                 )  # fmt: skip
-                assert big.intent.reservation_id == ""  # a share of a lease of its size
-                (status,) = (
-                    await stub.GetBudgetStatus(
-                        cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
-                    )
-                ).budgets
-                small, large = 4 * (10 * 2 + 100 * 8), 4 * (10 * 2 + 1000 * 8)  # 2/8 per MTok
-                assert status.reserved.micros == 3 * small + large
-                for c in [*charges, big]:
-                    c.settle(10, 20)
-                for _ in range(3):
-                    await meter.begin(
-                        "free", MODEL, input_tokens=1, max_output_tokens=1, budget=hold
-                    )  # the default tenant: no budget
-                assert all(await asyncio.gather(*(c.recorded(5) for c in [*charges, big])))
-                await asyncio.sleep(0.2)  # the releases, in the background
-                (status,) = (
-                    await stub.GetBudgetStatus(
-                        cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
-                    )
-                ).budgets
-                # the retired leases are given back; the live one (3 shares left) still holds
-                assert status.spent.micros == 11 * (10 * 2 + 20 * 8)
-                assert status.reserved.micros == large
-            finally:
-                await meter.stop()
-            await asyncio.sleep(0.2)
-            (status,) = (
-                await stub.GetBudgetStatus(
-                    cost_pb2.GetBudgetStatusRequest(tenant="acme"), timeout=5
-                )
-            ).budgets
-            assert status.reserved.micros == 0  # stopping gives the last lease back
-    finally:
-        await server.stop(None)
-        await monitor.stop()
-        await close()
+                charges.append(charge)
+            assert all(c.intent.reservation_id == "" for c in charges)  # shares
+            big = await meter.begin(
+                "big", MODEL, input_tokens=10, max_output_tokens=100, tenant="acme",
+                budget=Budgeted(input_tokens=10, max_output_tokens=1000, hold_s=5),
+            )  # fmt: skip
+            assert big.intent.reservation_id == ""  # a share of a lease of its size
+            status = await acme_status(stub)
+            small, large = 4 * (10 * 2 + 100 * 8), 4 * (10 * 2 + 1000 * 8)  # 2/8 per MTok
+            assert status.reserved.micros == 3 * small + large
+            for c in [*charges, big]:
+                c.settle(10, 20)
+            for _ in range(3):
+                await meter.begin(
+                    "free", MODEL, input_tokens=1, max_output_tokens=1, budget=hold
+                )  # the default tenant: no budget
+            assert all(await asyncio.gather(*(c.recorded(5) for c in [*charges, big])))
+            await asyncio.sleep(0.2)  # the releases, in the background
+            status = await acme_status(stub)
+            # the retired leases are given back; the live one (3 shares left) still holds
+            assert status.spent.micros == 11 * (10 * 2 + 20 * 8)
+            assert status.reserved.micros == large
+        finally:
+            await meter.stop()
+        await asyncio.sleep(0.2)
+        status = await acme_status(stub)
+        assert status.reserved.micros == 0  # stopping gives the last lease back
     assert calls(spans, "Reserve") == 4 + 1  # four leases, and the tenant with no budget
 
 
@@ -428,26 +397,18 @@ async def test_with_leases_a_tenant_with_no_budget_is_asked_once_a_call(
 ) -> None:
     """No unbudgeted cache: each call asks for a lease, hears that no budget covers it, and
     goes ahead without asking again for itself."""
-    server, port, monitor, close = await create(cost_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = cost_pb2_grpc.CostServiceStub(ch)
-            settings = MeterSettings(lease_calls=4, unbudgeted_cache_s=0)
-            meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
-            await meter.start()
-            hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
-            try:
-                for i in range(3):
-                    charge = await meter.begin(
-                        f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, budget=hold
-                    )
-                    assert charge.intent.reservation_id == ""
-                    charge.settle(10, 20)
-            finally:
-                await meter.stop()
-    finally:
-        await server.stop(None)
-        await monitor.stop()
-        await close()
+    async with cost_service(tmp_path) as stub:
+        settings = MeterSettings(lease_calls=4, unbudgeted_cache_s=0)
+        meter = Meter(stub, tmp_path / "j", source="router", settings=settings)
+        await meter.start()
+        hold = Budgeted(input_tokens=10, max_output_tokens=100, hold_s=5)
+        try:
+            for i in range(3):
+                charge = await meter.begin(
+                    f"k{i}", MODEL, input_tokens=10, max_output_tokens=100, budget=hold
+                )
+                assert charge.intent.reservation_id == ""
+                charge.settle(10, 20)
+        finally:
+            await meter.stop()
     assert calls(spans, "Reserve") == 3

@@ -114,6 +114,28 @@ async def stop(handle) -> None:
     await close()
 
 
+async def start_services(stack: AsyncExitStack, data: dict, env: dict) -> int:
+    """The cost service, the voter and a router over ``data`` (in process), each stopped when
+    ``stack`` closes; the router's port."""
+    from services.cost import server as cost_server
+    from services.cost.config import from_config as cost_settings
+    from services.router import server as router_server
+    from services.router.config import RouterSettings
+    from services.voter import server as voter_server
+    from services.voter.config import VoterSettings
+
+    handle = None
+    for create, settings in (
+        (cost_server.create, cost_settings(data, env)),
+        (voter_server.create, VoterSettings.from_config(data, env)),
+        (router_server.create, RouterSettings.from_config(data, env)),
+    ):
+        handle = await start(create, settings)
+        stack.push_async_callback(stop, handle)
+    assert handle is not None
+    return int(handle[1])
+
+
 @asynccontextmanager
 async def router_for(data: dict, env: dict) -> AsyncIterator[router_pb2_grpc.RouterServiceStub]:
     """The cost service and a router over ``data`` (in process), stopped on exit; yields a

@@ -22,13 +22,7 @@ from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
-from services.cost import server as cost_server
-from services.cost.config import from_config as cost_settings
-from services.router import server as router_server
-from services.router.config import RouterSettings
-from services.voter import server as voter_server
-from services.voter.config import VoterSettings
-from tests.integration.inproc import free_port, mesh_config, reason, start, stop
+from tests.integration.inproc import free_port, mesh_config, reason, start_services
 
 ACME = (("quorum-tenant", "acme"),)
 
@@ -63,14 +57,8 @@ async def quorum_mesh(sim: ProviderSimulator, tmp_path: Path) -> AsyncIterator[M
     data["voter"]["address"] = f"127.0.0.1:{voter_port}"
     data["usage"]["unbudgeted_cache_s"] = 0  # a budget set mid-test holds at once
     async with AsyncExitStack() as stack:
-        for create, settings in (
-            (cost_server.create, cost_settings(data, env)),
-            (voter_server.create, VoterSettings.from_config(data, env)),
-            (router_server.create, RouterSettings.from_config(data, env)),
-        ):
-            handle = await start(create, settings)
-            stack.push_async_callback(stop, handle)
-        rch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{handle[1]}"))
+        router_port = await start_services(stack, data, env)
+        rch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{router_port}"))
         cch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}"))
         yield Mesh(
             router_pb2_grpc.RouterServiceStub(rch),

@@ -22,13 +22,7 @@ from quorum.grpcerrors import from_rpc_status
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
-from services.cost import server as cost_server
-from services.cost.config import from_config as cost_settings
-from services.router import server as router_server
-from services.router.config import RouterSettings
-from services.voter import server as voter_server
-from services.voter.config import VoterSettings
-from tests.integration.inproc import error_info, free_port, mesh_config, start, stop
+from tests.integration.inproc import error_info, free_port, mesh_config, start_services
 
 Metadata = tuple[tuple[str, str], ...]
 CATEGORIES = ["violence", "adult", "hate", "spam", "harassment"]
@@ -83,14 +77,8 @@ async def quorum_mesh(
     data["auth"] |= {"enabled": keys}
     data["usage"]["unbudgeted_cache_s"] = 0  # a budget set mid-test holds at once
     async with AsyncExitStack() as stack:
-        for create, settings in (
-            (cost_server.create, cost_settings(data, env)),
-            (voter_server.create, VoterSettings.from_config(data, env)),
-            (router_server.create, RouterSettings.from_config(data, env)),
-        ):
-            handle = await start(create, settings)
-            stack.push_async_callback(stop, handle)
-        rch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{handle[1]}"))
+        router_port = await start_services(stack, data, env)
+        rch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{router_port}"))
         vch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{voter_port}"))
         cch = await stack.enter_async_context(grpc.aio.insecure_channel(f"127.0.0.1:{cost_port}"))
         yield Mesh(

@@ -255,10 +255,12 @@ class Moderator:
         *,
         tenant: str,
         rate_limited: bool = True,
+        item_ids: Sequence[str] | None = None,
     ) -> list[Outcome | QuorumError]:
         """:meth:`moderate` for each of ``texts`` with the same options, under one deadline:
         one result per text, in order, each the outcome :meth:`moderate` would give or the
         error it would raise (NO_QUORUM, BUDGET_EXCEEDED). Text ``i`` is moderated as request
+        ``item_ids[i]`` when given (checked by the caller: one per text, unique), else
         ``batch_item_id(request_id, i)`` (its paid judges' usage keys). Refused whole, before
         anything is judged: a bad batch or text (:meth:`validate_batch`), an unknown judge,
         and a tenant short of allowance (the batch takes one request a text and every text's
@@ -268,13 +270,15 @@ class Moderator:
             cost = sum(tokens.approx_messages([ChatMessage("user", t)]) for t in texts)
             self._limiter.admit(tenant, cost, requests=len(texts))
         timeout = self._timeout(deadline, len(texts))
+        if item_ids is None:
+            item_ids = [batch_item_id(request_id, i) for i in range(len(texts))]
         batch = _Batch(texts, timeout, judges)
         try:
             ballots = await asyncio.gather(
                 *(
                     self._cascade(
                         judges,
-                        _Asked(t, batch_item_id(request_id, i), tenant, timeout, batch, i),
+                        _Asked(t, item_ids[i], tenant, timeout, batch, i),
                     )
                     for i, t in enumerate(texts)
                 )

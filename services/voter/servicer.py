@@ -9,6 +9,7 @@ import grpc
 
 from quorum import auth, ids, protoconv
 from quorum.deadline import Deadline
+from quorum.errors import InvalidArgument
 from quorum.grpcerrors import map_errors, rpc_status_of
 from quorum.voter.v1 import voter_pb2, voter_pb2_grpc
 from services.voter.moderation import Moderator, Outcome, batch_item_id
@@ -51,6 +52,39 @@ def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2
             for b in outcome.ballots
         ],
     )
+
+
+def item_ids(request: voter_pb2.ModerateBatchRequest, request_id: str) -> list[str]:
+    """Each text's request id in a batch: the ones the request gives (checked: one per text,
+    non-empty, printable, at most MAX_REQUEST_ID characters, no two alike), else
+    ``<request_id>:<i>``."""
+    given = list(request.request_ids)
+    if not given:
+        return [batch_item_id(request_id, i) for i in range(len(request.texts))]
+    if len(given) != len(request.texts):
+        raise InvalidArgument(
+            f"request_ids has {len(given)} ids for {len(request.texts)} texts: give one per "
+            "text, or none",
+            reason="BAD_REQUEST_ID",
+            metadata={"field": "request_ids"},
+        )
+    seen: set[str] = set()
+    for i, each in enumerate(given):
+        field = f"request_ids[{i}]"
+        if not each or len(each) > MAX_REQUEST_ID or not each.isprintable():
+            raise InvalidArgument(
+                f"{field} must be 1 to {MAX_REQUEST_ID} printable characters",
+                reason="BAD_REQUEST_ID",
+                metadata={"field": field},
+            )
+        if each in seen:
+            raise InvalidArgument(
+                f"{field} repeats an earlier id: each text needs its own",
+                reason="DUPLICATE_REQUEST_ID",
+                metadata={"field": field},
+            )
+        seen.add(each)
+    return given
 
 
 def _caller(named: str) -> auth.Identity:
@@ -102,6 +136,7 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
         self, request: voter_pb2.ModerateBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> voter_pb2.ModerateBatchResponse:
         deadline, start, caller, request_id = self._begin(request, context)
+        each = item_ids(request, request_id)
         results = await self._moderator.moderate_batch(
             list(request.texts),
             request_id,
@@ -109,15 +144,14 @@ class VoterServicer(voter_pb2_grpc.VoterServiceServicer):
             deadline,
             tenant=caller.tenant,
             rate_limited=caller.role is not auth.Role.SERVICE,
+            item_ids=each,
         )
         latency_ms = int((time.monotonic() - start) * 1000)
         return voter_pb2.ModerateBatchResponse(
             request_id=request_id,
             latency_ms=latency_ms,
             results=[
-                voter_pb2.ModerateBatchResult(
-                    moderated=to_response(batch_item_id(request_id, i), r, latency_ms)
-                )
+                voter_pb2.ModerateBatchResult(moderated=to_response(each[i], r, latency_ms))
                 if isinstance(r, Outcome)
                 else voter_pb2.ModerateBatchResult(error=rpc_status_of(r))
                 for i, r in enumerate(results)

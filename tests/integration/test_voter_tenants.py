@@ -6,6 +6,7 @@ may name that tenant follows the keys (a client only its own)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -275,6 +276,61 @@ async def test_a_batch_follows_the_tenant_rules_and_bills_each_text(sim, tmp_pat
             "acme": 6,
             "globex": 2,
         }
+
+
+def judge_keys(tmp_path: Path) -> list[str]:
+    """The request ids the judges' calls are recorded under (each key's part before
+    ":judge:"), sorted."""
+    with sqlite3.connect(tmp_path / "ledger.sqlite3") as conn:
+        keys = [k for (k,) in conn.execute("SELECT request_id FROM usage")]
+    return sorted(k.split(":judge:")[0] for k in keys if ":judge:" in k)
+
+
+async def test_a_batch_moderates_each_text_under_the_request_id_it_is_given(sim, tmp_path):
+    async with quorum_mesh(sim, tmp_path, keys=False) as mesh:
+        acme = (("quorum-tenant", "acme"),)
+        resp = await mesh.voter.ModerateBatch(
+            batch(["have a nice day", "thanks!"], request_ids=["r1:input", "r2:input"]),
+            metadata=acme,
+            timeout=10,
+        )
+        assert [r.moderated.request_id for r in resp.results] == ["r1:input", "r2:input"]
+        assert await judge_usage(mesh, {"acme": 4}) == {"acme": 4}
+        assert judge_keys(tmp_path) == ["r1:input"] * 2 + ["r2:input"] * 2
+        for ids, field, reason in (
+            (["a"], "request_ids", "BAD_REQUEST_ID"),
+            (["a", ""], "request_ids[1]", "BAD_REQUEST_ID"),
+            (["a", "x" * 129], "request_ids[1]", "BAD_REQUEST_ID"),
+            (["a", "a"], "request_ids[1]", "DUPLICATE_REQUEST_ID"),
+        ):
+            err = await fails(
+                mesh.voter.ModerateBatch(batch(["hi", "hello"], request_ids=ids), metadata=acme)
+            )
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (error_info(err).reason, error_info(err).metadata["field"]) == (reason, field)
+        assert len(sim.requests) == 4  # nothing judged for a refused batch
+
+
+async def test_concurrent_completions_bill_each_input_moderation_to_its_own_request(sim, tmp_path):
+    """The router sends concurrent moderations to the voter together (ModerateBatch); each is
+    still its request's, its tenant's and under its own id."""
+    async with quorum_mesh(sim, tmp_path, keys=False) as mesh:
+        tenants = ["acme" if i % 3 else "globex" for i in range(12)]
+        resps = await asyncio.gather(
+            *(
+                mesh.router.Complete(
+                    router_pb2.CompleteRequest(prompt=f"hello {i}", request_id=f"c{i}"),
+                    metadata=(("quorum-tenant", tenant),),
+                    timeout=10,
+                )
+                for i, tenant in enumerate(tenants)
+            )
+        )
+        assert [r.input_moderation.request_id for r in resps] == [f"c{i}:input" for i in range(12)]
+        assert all(len(r.input_moderation.votes) == 2 for r in resps)
+        want = {"acme": 2 * tenants.count("acme"), "globex": 2 * tenants.count("globex")}
+        assert await judge_usage(mesh, want) == want
+        assert judge_keys(tmp_path) == sorted(f"c{i}:input" for i in range(12) for _ in "ab")
 
 
 async def test_a_text_whose_judges_its_budget_refuses_fails_alone_in_its_batch(sim, tmp_path):

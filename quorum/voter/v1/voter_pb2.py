@@ -27,7 +27,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from quorum.common.v1 import common_pb2 as quorum_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bquorum/voter/v1/voter.proto\x12\x0fquorum.voter.v1\x1a\x17google/rpc/status.proto\x1a\x1dquorum/common/v1/common.proto\"S\n\x0fModerateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\xa1\x02\n\tModelVote\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.quorum.voter.v1.VoteStatus\x12\x0f\n\x07is_safe\x18\x04 \x01(\x08\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x33\n\ncategories\x18\x06 \x03(\x0b\x32\x1f.quorum.common.v1.CategoryScore\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\r\n\x05\x65rror\x18\t \x01(\t\x12&\n\x05usage\x18\n \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x11\n\tsimulated\x18\x0b \x01(\x08\"\xf9\x01\n\x10ModerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07is_safe\x18\x02 \x01(\x08\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x33\n\ncategories\x18\x04 \x03(\x0b\x32\x1f.quorum.common.v1.CategoryScore\x12\x17\n\x0frequires_review\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12)\n\x05votes\x18\x07 \x03(\x0b\x32\x1a.quorum.voter.v1.ModelVote\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\x0e\n\x06quorum\x18\t \x01(\x08\"Y\n\x14ModerateBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"v\n\x15ModerateBatchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\x07results\x18\x02 \x03(\x0b\x32$.quorum.voter.v1.ModerateBatchResult\x12\x12\n\nlatency_ms\x18\x03 \x01(\x03\"|\n\x13ModerateBatchResult\x12\x36\n\tmoderated\x18\x01 \x01(\x0b\x32!.quorum.voter.v1.ModerateResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result*\x86\x01\n\nVoteStatus\x12\x1b\n\x17VOTE_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eVOTE_STATUS_OK\x10\x01\x12\x15\n\x11VOTE_STATUS_ERROR\x10\x02\x12\x17\n\x13VOTE_STATUS_TIMEOUT\x10\x03\x12\x17\n\x13VOTE_STATUS_SKIPPED\x10\x04\x32\xbf\x01\n\x0cVoterService\x12O\n\x08Moderate\x12 .quorum.voter.v1.ModerateRequest\x1a!.quorum.voter.v1.ModerateResponse\x12^\n\rModerateBatch\x12%.quorum.voter.v1.ModerateBatchRequest\x1a&.quorum.voter.v1.ModerateBatchResponseB\x82\x01\n\x13\x63om.quorum.voter.v1B\nVoterProtoP\x01Z%quorum/gen/go/quorum/voter/v1;voterv1\xaa\x02\x0fQuorum.Voter.V1\xca\x02\x0fQuorum\\Voter\\V1\xea\x02\x11Quorum::Voter::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bquorum/voter/v1/voter.proto\x12\x0fquorum.voter.v1\x1a\x17google/rpc/status.proto\x1a\x1dquorum/common/v1/common.proto\"S\n\x0fModerateRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\"\xa1\x02\n\tModelVote\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.quorum.voter.v1.VoteStatus\x12\x0f\n\x07is_safe\x18\x04 \x01(\x08\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x33\n\ncategories\x18\x06 \x03(\x0b\x32\x1f.quorum.common.v1.CategoryScore\x12\x0e\n\x06weight\x18\x07 \x01(\x01\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\r\n\x05\x65rror\x18\t \x01(\t\x12&\n\x05usage\x18\n \x01(\x0b\x32\x17.quorum.common.v1.Usage\x12\x11\n\tsimulated\x18\x0b \x01(\x08\"\xf9\x01\n\x10ModerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07is_safe\x18\x02 \x01(\x08\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x33\n\ncategories\x18\x04 \x03(\x0b\x32\x1f.quorum.common.v1.CategoryScore\x12\x17\n\x0frequires_review\x18\x05 \x01(\x08\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12)\n\x05votes\x18\x07 \x03(\x0b\x32\x1a.quorum.voter.v1.ModelVote\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\x0e\n\x06quorum\x18\t \x01(\x08\"n\n\x14ModerateBatchRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x13\n\x0brequest_ids\x18\x05 \x03(\t\"v\n\x15ModerateBatchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x35\n\x07results\x18\x02 \x03(\x0b\x32$.quorum.voter.v1.ModerateBatchResult\x12\x12\n\nlatency_ms\x18\x03 \x01(\x03\"|\n\x13ModerateBatchResult\x12\x36\n\tmoderated\x18\x01 \x01(\x0b\x32!.quorum.voter.v1.ModerateResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result*\x86\x01\n\nVoteStatus\x12\x1b\n\x17VOTE_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eVOTE_STATUS_OK\x10\x01\x12\x15\n\x11VOTE_STATUS_ERROR\x10\x02\x12\x17\n\x13VOTE_STATUS_TIMEOUT\x10\x03\x12\x17\n\x13VOTE_STATUS_SKIPPED\x10\x04\x32\xbf\x01\n\x0cVoterService\x12O\n\x08Moderate\x12 .quorum.voter.v1.ModerateRequest\x1a!.quorum.voter.v1.ModerateResponse\x12^\n\rModerateBatch\x12%.quorum.voter.v1.ModerateBatchRequest\x1a&.quorum.voter.v1.ModerateBatchResponseB\x82\x01\n\x13\x63om.quorum.voter.v1B\nVoterProtoP\x01Z%quorum/gen/go/quorum/voter/v1;voterv1\xaa\x02\x0fQuorum.Voter.V1\xca\x02\x0fQuorum\\Voter\\V1\xea\x02\x11Quorum::Voter::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quorum.voter.v1.voter_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\023com.quorum.voter.v1B\nVoterProtoP\001Z%quorum/gen/go/quorum/voter/v1;voterv1\252\002\017Quorum.Voter.V1\312\002\017Quorum\\Voter\\V1\352\002\021Quorum::Voter::V1'
-  _globals['_VOTESTATUS']._serialized_start=1071
-  _globals['_VOTESTATUS']._serialized_end=1205
+  _globals['_VOTESTATUS']._serialized_start=1092
+  _globals['_VOTESTATUS']._serialized_end=1226
   _globals['_MODERATEREQUEST']._serialized_start=104
   _globals['_MODERATEREQUEST']._serialized_end=187
   _globals['_MODELVOTE']._serialized_start=190
@@ -44,11 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODERATERESPONSE']._serialized_start=482
   _globals['_MODERATERESPONSE']._serialized_end=731
   _globals['_MODERATEBATCHREQUEST']._serialized_start=733
-  _globals['_MODERATEBATCHREQUEST']._serialized_end=822
-  _globals['_MODERATEBATCHRESPONSE']._serialized_start=824
-  _globals['_MODERATEBATCHRESPONSE']._serialized_end=942
-  _globals['_MODERATEBATCHRESULT']._serialized_start=944
-  _globals['_MODERATEBATCHRESULT']._serialized_end=1068
-  _globals['_VOTERSERVICE']._serialized_start=1208
-  _globals['_VOTERSERVICE']._serialized_end=1399
+  _globals['_MODERATEBATCHREQUEST']._serialized_end=843
+  _globals['_MODERATEBATCHRESPONSE']._serialized_start=845
+  _globals['_MODERATEBATCHRESPONSE']._serialized_end=963
+  _globals['_MODERATEBATCHRESULT']._serialized_start=965
+  _globals['_MODERATEBATCHRESULT']._serialized_end=1089
+  _globals['_VOTERSERVICE']._serialized_start=1229
+  _globals['_VOTERSERVICE']._serialized_end=1420
 # @@protoc_insertion_point(module_scope)

@@ -84,16 +84,18 @@ class ModerateResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., is_safe: _Optional[bool] = ..., confidence: _Optional[float] = ..., categories: _Optional[_Iterable[_Union[_common_pb2.CategoryScore, _Mapping]]] = ..., requires_review: _Optional[bool] = ..., reasons: _Optional[_Iterable[str]] = ..., votes: _Optional[_Iterable[_Union[ModelVote, _Mapping]]] = ..., latency_ms: _Optional[int] = ..., quorum: _Optional[bool] = ...) -> None: ...
 
 class ModerateBatchRequest(_message.Message):
-    __slots__ = ("texts", "request_id", "models", "tenant")
+    __slots__ = ("texts", "request_id", "models", "tenant", "request_ids")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
     models: _containers.RepeatedScalarFieldContainer[str]
     tenant: str
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., tenant: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModerateBatchResponse(_message.Message):
     __slots__ = ("request_id", "results", "latency_ms")

@@ -35,32 +35,38 @@ from quorum.backends.triton import TritonScorer
 _tracer = trace.get_tracer(__name__)
 
 T = TypeVar("T")
+#: what one result is for: a text, or whatever a caller batches (the voter's client: a text
+#: and its request id)
+I = TypeVar("I")  # noqa: E741
 
 #: (texts, timeout_s, headers) -> one result per text
-Call = Callable[[Sequence[str], float, Mapping[str, str] | None], Awaitable[list[T]]]
+Call = Callable[[Sequence[I], float, Mapping[str, str] | None], Awaitable[list[T]]]
 
 
 @dataclass
-class _Item(Generic[T]):
-    texts: Sequence[str]
+class _Item(Generic[I, T]):
+    texts: Sequence[I]
     deadline: float
     headers: Mapping[str, str] | None
     future: asyncio.Future[list[T]]
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
-class Coalescer(Generic[T]):
+class Coalescer(Generic[I, T]):
+    """Merges the concurrent calls under one key (see the module docstring): ``I`` is what is
+    sent (a text), ``T`` what comes back for each."""
+
     def __init__(self, *, max_in_flight: int = 1, max_batch: int = 64) -> None:
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
-        self._queues: dict[Hashable, deque[_Item[T]]] = {}
+        self._queues: dict[Hashable, deque[_Item[I, T]]] = {}
         self._in_flight: dict[Hashable, int] = {}
 
     async def submit(
         self,
         key: Hashable,
-        call: Call[T],
-        texts: Sequence[str],
+        call: Call[I, T],
+        texts: Sequence[I],
         timeout_s: float,
         headers: Mapping[str, str] | None = None,
     ) -> list[T]:
@@ -68,15 +74,17 @@ class Coalescer(Generic[T]):
         if len(texts) >= self._max_batch:
             return await call(texts, timeout_s, headers)  # already a batch of its own
         loop = asyncio.get_running_loop()
-        item: _Item[T] = _Item(texts, time.monotonic() + timeout_s, headers, loop.create_future())
+        item: _Item[I, T] = _Item(
+            texts, time.monotonic() + timeout_s, headers, loop.create_future()
+        )
         self._queues.setdefault(key, deque()).append(item)
         if self._in_flight.get(key, 0) < self._max_in_flight:
             self._launch(key, call)
         return await item.future  # a caller that gives up cancels only its own share
 
-    def _launch(self, key: Hashable, call: Call[T]) -> None:
+    def _launch(self, key: Hashable, call: Call[I, T]) -> None:
         queue = self._queues.get(key)
-        items: list[_Item[T]] = []
+        items: list[_Item[I, T]] = []
         size = 0
         while queue and (not items or size + len(queue[0].texts) <= self._max_batch):
             item = queue.popleft()
@@ -91,7 +99,7 @@ class Coalescer(Generic[T]):
             self._run(key, call, items), context=items[0].context
         )
 
-    async def _run(self, key: Hashable, call: Call[T], items: list[_Item[T]]) -> None:
+    async def _run(self, key: Hashable, call: Call[I, T], items: list[_Item[I, T]]) -> None:
         try:
             texts = [t for item in items for t in item.texts]
             timeout_s = max(item.deadline for item in items) - time.monotonic()
@@ -118,10 +126,12 @@ class CoalescingScorer(TritonScorer):
     and ``score_categories`` go through the one ``_score`` it overrides."""
 
     def __init__(
-        self, client: InferenceServerClient, coalescer: Coalescer[tuple[float, ...]] | None = None
+        self,
+        client: InferenceServerClient,
+        coalescer: Coalescer[str, tuple[float, ...]] | None = None,
     ):
         super().__init__(client)
-        self._rows: Coalescer[tuple[float, ...]] = coalescer or Coalescer()
+        self._rows: Coalescer[str, tuple[float, ...]] = coalescer or Coalescer()
 
     async def _score(
         self,

@@ -31,6 +31,10 @@ class RouterSettings:
     voter_address: str
     cost_address: str
     moderation: ModerationPolicy
+    #: the most texts one call to the voter carries: concurrent moderations for a tenant are
+    #: coalesced into ModerateBatch calls (services/router/voterclient.py); 0 or 1: each its
+    #: own Moderate call
+    moderation_batch: int
     default_timeout_s: float
     max_timeout_s: float
     max_prompt_chars: int
@@ -90,6 +94,7 @@ class RouterSettings:
             voter_address=config.get_str(r, "voter_address", w),
             cost_address=config.get_str(r, "cost_address", w),
             moderation=moderation,
+            moderation_batch=config.get_int(r, "moderation_batch", w),
             default_timeout_s=config.get_float(r, "default_timeout_s", w, minimum=0.01),
             max_timeout_s=config.get_float(r, "max_timeout_s", w, minimum=0.01),
             max_prompt_chars=config.get_int(r, "max_prompt_chars", w, minimum=1),

@@ -142,7 +142,7 @@ async def create(
             TritonChat(triton) if triton else None,
             TritonRoutedChat(triton) if triton else None,
         ),
-        VoterClient(voter_channel),
+        VoterClient(voter_channel, batch=settings.moderation_batch),
         meter,
         retry=settings.retry,
         moderation=settings.moderation,

@@ -28,7 +28,7 @@ class Model:
 
 
 async def test_a_lone_call_goes_at_once_and_concurrent_ones_are_merged():
-    model, co = Model(), Coalescer[float](max_in_flight=1)
+    model, co = Model(), Coalescer[str, float](max_in_flight=1)
     assert await co.submit("m", model, ["a"], 1.0) == [1.0]
     texts = [["x" * i] for i in range(1, 11)]
     results = await asyncio.gather(*(co.submit("m", model, t, 1.0) for t in texts))
@@ -38,7 +38,7 @@ async def test_a_lone_call_goes_at_once_and_concurrent_ones_are_merged():
 
 
 async def test_batches_respect_the_size_limit_and_keys_stay_apart():
-    model, co = Model(), Coalescer[float](max_in_flight=1, max_batch=4)
+    model, co = Model(), Coalescer[str, float](max_in_flight=1, max_batch=4)
     await asyncio.gather(*(co.submit("m", model, ["t"], 1.0) for _ in range(9)))
     assert all(len(b) <= 4 for b in model.batches) and sum(map(len, model.batches)) == 9
     other = Model()
@@ -47,7 +47,7 @@ async def test_batches_respect_the_size_limit_and_keys_stay_apart():
 
 
 async def test_an_error_reaches_every_caller_in_the_batch():
-    model, co = Model(fail=True), Coalescer[float](max_in_flight=1)
+    model, co = Model(fail=True), Coalescer[str, float](max_in_flight=1)
     results = await asyncio.gather(
         *(co.submit("m", model, ["t"], 1.0) for _ in range(3)), return_exceptions=True
     )
@@ -55,7 +55,7 @@ async def test_an_error_reaches_every_caller_in_the_batch():
 
 
 async def test_a_caller_that_gives_up_does_not_hurt_the_others():
-    model, co = Model(delay=0.05), Coalescer[float](max_in_flight=1)
+    model, co = Model(delay=0.05), Coalescer[str, float](max_in_flight=1)
     first = asyncio.create_task(co.submit("m", model, ["aa"], 1.0))
     await asyncio.sleep(0)
     quitter = asyncio.create_task(co.submit("m", model, ["bbb"], 1.0))

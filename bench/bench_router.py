@@ -16,7 +16,10 @@ Then:
    provider over HTTP (with the client the router sends with: httpx over aiohttp,
    ``quorum.backends.transport``) and through the router's ``Complete``
    (generated stub), with moderation off and with input moderation (every local judge on
-   Triton). The overhead is the difference of the medians (and of the p99s).
+   Triton), and through ``bench/grpcfloor.py``, a bare grpc.aio server that only forwards
+   ``Complete`` to the provider with the same client (no routing, usage, telemetry, auth):
+   the floor, the least a router in Python on grpc.aio can add here. The overhead is the
+   difference of the medians (and of the p99s).
 2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
    provider (the ceiling), through the router (moderation off, and input moderation), and
    through the LiteLLM proxy (one worker, like the one router process) in front of the same
@@ -184,6 +187,20 @@ def _start_provider() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
+def _start_floor(provider_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/grpcfloor.py (a bare grpc.aio forwarder) on a free port: (process, address)."""
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "grpcfloor.py"), "--port", str(port),
+         "--provider", provider_url],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    if not proc.stdout.readline().startswith(b"listening"):
+        raise SystemExit(f"the bare forwarder did not start ({proc.wait()})")
+    return proc, f"127.0.0.1:{port}"
+
+
 def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     python = _litellm_python()
     (port,) = free_ports(1)
@@ -238,18 +255,25 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
     provider = addresses["provider"]
     direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
+    floor, floor_address = await asyncio.to_thread(_start_floor, provider)
     async with (
         provider_client(max_connections=args.concurrency, max_keepalive_connections=64) as http,
         grpc.aio.insecure_channel(addresses["router"]) as channel,
+        grpc.aio.insecure_channel(floor_address) as floor_channel,
     ):
         stub = router_pb2_grpc.RouterServiceStub(channel)
+        bare = _complete(router_pb2_grpc.RouterServiceStub(floor_channel), none)
         direct = _http(http, direct_url, _body(MODEL))
         print(f"overhead, one request at a time ({args.requests} each, max_tokens {MAX_TOKENS}):")
         base = await _one_at_a_time(direct, args.requests)
         print(_row(f"straight to the {args.provider} provider (HTTP)", base))
-        for label, mode in (("moderation off", none), ("input moderation", inp)):
-            ms = await _one_at_a_time(_complete(stub, mode), args.requests)
-            print(_row(f"router Complete, {label}", ms))
+        for label, call in (
+            ("bare grpc.aio forwarder (the floor)", bare),
+            ("router Complete, moderation off", _complete(stub, none)),
+            ("router Complete, input moderation", _complete(stub, inp)),
+        ):
+            ms = await _one_at_a_time(call, args.requests)
+            print(_row(label, ms))
             print(
                 f"  {'':<44}overhead p50 {statistics.median(ms) - statistics.median(base):+.2f}"
                 f" ms, p99 {_pct(ms, 0.99) - _pct(base, 0.99):+.2f} ms"
@@ -259,6 +283,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
         rates: dict[str, int] = {}
         for label, call in (
             (f"straight to the {args.provider} provider (HTTP)", direct),
+            ("bare grpc.aio forwarder (the floor)", bare),
             ("router Complete, moderation off", _complete(stub, none)),
             ("router Complete, input moderation", _complete(stub, inp)),
         ):
@@ -277,6 +302,8 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
             print(_row(f"LiteLLM proxy {LITELLM_VERSION}, one worker", ms, rate))
             for label in ("router Complete, moderation off", "router Complete, input moderation"):
                 print(f"  {label}: {rates[label] / max(rate, 1):.1f}x LiteLLM's requests/s")
+    floor.terminate()
+    floor.wait(10)
 
 
 def main() -> None:

@@ -9,10 +9,11 @@ activations are packed, one row per real token, so the projections, GELU and lay
 no work on padding; attention alone runs on padded ``[n, heads, L, 32]`` copies, the padding
 masked out; the mean over each text's real tokens and the L2 normalisation end the graph.
 Its inputs come from :func:`feeds`; its output is ``embedding`` (float32, ``[n, 384]``).
-Nothing is exported and nothing is written to disk: no torch, no committed ``.onnx`` file
-(building the graph takes ~1 s at load). ONNX Runtime's own optimisations
-(``ORT_ENABLE_ALL``) fuse the projections with their biases, the GELU pattern and the
-attention scale at session creation.
+Nothing is exported and nothing is written to disk: no torch, no committed ``.onnx`` file.
+The weights stay numpy arrays beside the graph (external data handed to ONNX Runtime from
+memory), so the protobuf is ~60 KB and the encoder loads in well under a second. ONNX
+Runtime's own optimisations (``ORT_ENABLE_ALL``) fuse the projections with their biases, the
+GELU pattern and the attention scale at session creation.
 
 **Why.** The same embeddings as numpy to float32 rounding (~3e-7; the heads trained on numpy
 embeddings give the same probabilities), for less CPU: on one thread of the 2-core
@@ -22,12 +23,15 @@ there, and they are ~80% of its time, so that is about all a float32 CPU encoder
 
 **Threads and devices.** A session's intra-op threads are fixed when it is made, so an
 :class:`OnnxEncoder` holds one session for batches of several texts (``threads``) and, when
-``threads_one_text`` differs, a second one for a batch of one text (~90 MB more). Waiting
-threads sleep instead of spinning (``session.intra_op.allow_spinning`` off): on a few shared
-cores a spinning thread burns the CPU that the other models need. :func:`device_for` chooses
-CUDA for a Triton GPU instance when ONNX Runtime offers ``CUDAExecutionProvider`` (the
-``onnxruntime-gpu`` wheel installed in place of ``onnxruntime``, in a GPU container), else the
-CPU; on CUDA one session serves every batch.
+``threads_one_text`` differs, a second one for a batch of one text. Each session holds its
+copy of the weights (~90 MB; the Triton stub is ~290 MB resident with two, numpy's ~160 MB).
+Waiting threads sleep instead of spinning (``session.intra_op.allow_spinning`` off): on a few
+shared cores a spinning thread burns the CPU that the other models need. Activations are
+plain allocations, not an arena, which would keep the peak of the largest batch (~900 MB
+after 64 texts of 256 tokens). :func:`device_for` chooses CUDA for a Triton GPU instance when
+ONNX Runtime offers ``CUDAExecutionProvider`` (the ``onnxruntime-gpu`` wheel installed in
+place of ``onnxruntime``, in a GPU container), else the CPU; on CUDA one session serves every
+batch.
 
 Pure: nothing happens at import time; ``onnx`` and ``onnxruntime`` are imported by the calls
 that need them. Errors: bad input is :class:`~quorum.errors.InvalidArgument` (as for the numpy
@@ -75,17 +79,38 @@ CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
 Provider = str | tuple[str, dict[str, str]]
 
 
-class _Graph:
-    """ONNX nodes and initializers, each node's output named after it."""
+#: the location named by the weights the graph holds as external data (never read: they come
+#: from memory, :func:`build_model`)
+IN_MEMORY = "in-memory"
+#: weights of at least this many bytes stay out of the graph (small constants, such as shapes
+#: and axes, which shape inference reads, stay in it)
+_EXTERNAL_BYTES = 1024
 
-    def __init__(self) -> None:
+
+class _Graph:
+    """ONNX nodes and initializers, each node's output named after it. Unless ``inline``, a
+    float32 initializer of :data:`_EXTERNAL_BYTES` or more is external data: only its name,
+    type and shape are in the graph, its array in :attr:`external`."""
+
+    def __init__(self, *, inline: bool) -> None:
+        self.inline = inline
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self.external: dict[str, F32] = {}
 
     def const(self, name: str, value: npt.ArrayLike, dtype: Any = np.float32) -> str:
-        from onnx import numpy_helper
+        from onnx import TensorProto, numpy_helper
 
-        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        array = np.ascontiguousarray(value, dtype=dtype)
+        if self.inline or array.dtype != np.float32 or array.nbytes < _EXTERNAL_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, v in (("location", IN_MEMORY), ("offset", "0"), ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=v)
+        self.initializers.append(tensor)
+        self.external[name] = array
         return name
 
     def op(self, op_type: str, *inputs: str, **attrs: Any) -> str:
@@ -96,10 +121,20 @@ class _Graph:
         return out
 
 
-def build_model(weights: Mapping[str, npt.NDArray[Any]], config: Mapping[str, Any]) -> Any:
+def build_model(
+    weights: Mapping[str, npt.NDArray[Any]], config: Mapping[str, Any], *, inline: bool = False
+) -> tuple[Any, dict[str, F32]]:
     """The ``onnx.ModelProto`` of the sentence encoder over ``weights`` (the BERT state dict,
     as ``safetensors.numpy.load_file`` reads ``model.safetensors``) and ``config`` (its
-    ``config.json``). Checked with ``onnx.checker``."""
+    ``config.json``), and its external weights by name.
+
+    By default the weights are external data at the location :data:`IN_MEMORY`: the graph
+    names them and the arrays come back beside it, for
+    ``SessionOptions.add_external_initializers``, which gives them to ONNX Runtime before it
+    optimises the graph. So they are never copied into the protobuf nor serialised (a copy
+    and ~1 s saved at load). ONNX Runtime checks the graph as it loads it; ``onnx.checker``,
+    which would look for the external file, checks the ``inline`` model: every weight inside,
+    no external weights, the self-contained model (for example to save and inspect)."""
     from onnx import TensorProto, checker, helper
 
     def w(name: str) -> F32:
@@ -108,7 +143,7 @@ def build_model(weights: Mapping[str, npt.NDArray[Any]], config: Mapping[str, An
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     eps = float(config.get("layer_norm_eps", 1e-12))
-    g = _Graph()
+    g = _Graph(inline=inline)
     ids, positions, slots, rows_of, mask = INPUTS
 
     def i64(name: str, value: list[int]) -> str:
@@ -189,8 +224,9 @@ def build_model(weights: Mapping[str, npt.NDArray[Any]], config: Mapping[str, An
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8  # what opset 17 came with: any ONNX Runtime from 1.13 reads it
-    checker.check_model(model)
-    return model
+    if inline:
+        checker.check_model(model)
+    return model, g.external
 
 
 def feeds(batch: Sequence[Sequence[int]]) -> dict[str, npt.NDArray[np.int64]]:
@@ -265,8 +301,9 @@ class OnnxEncoder:
         providers = providers_for(device)
         config = json.loads((folder / "config.json").read_text())
         self._tokenizer = load_tokenizer(folder)
-        model = build_model(load_file(str(folder / "model.safetensors")), config)
-        blob = model.SerializeToString()
+        model, weights = build_model(load_file(str(folder / "model.safetensors")), config)
+        blob = model.SerializeToString()  # ~60 KB: the weights stay in numpy
+        names = list(weights)
         del model
 
         def session(threads: int) -> Any:
@@ -276,7 +313,13 @@ class OnnxEncoder:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # activations in plain allocations: an arena would keep its peak (see above), and
+            # it is no faster here
+            options.enable_cpu_mem_arena = False
             options.log_severity_level = 3  # errors only
+            # copied into the session's graph; the arrays can go once the sessions exist
+            values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
+            options.add_external_initializers(names, values)
             return ort.InferenceSession(blob, options, providers=providers)
 
         self.device, self.threads = device, threads

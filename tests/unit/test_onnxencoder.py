@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, numpy_helper
 
 from quorum.errors import InvalidArgument
 from quorum.localmodels.embedding import DIM, MAX_TOKENS, Heads, encode, encoder
@@ -129,20 +130,33 @@ def test_feeds_pack_tokens_and_map_them_to_padded_slots() -> None:
     assert all(a.dtype == np.int64 for a in f.values())
 
 
-def test_graph_is_standard_onnx_opset_17() -> None:
+def test_graph_is_standard_onnx_opset_17_with_its_weights_beside_it() -> None:
     from safetensors.numpy import load_file
 
     from quorum.localmodels.embedding import model_dir
 
-    folder = model_dir()
+    weights = load_file(str(model_dir() / "model.safetensors"))
     config = {"hidden_size": 384, "num_attention_heads": 12, "num_hidden_layers": 6}
-    model = build_model(load_file(str(folder / "model.safetensors")), config)
+    model, none = build_model(weights, config, inline=True)  # onnx.checker passed it
+    assert none == {}
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     ops = {n.op_type for n in model.graph.node}
     assert {"LayerNormalization", "Erf", "Softmax", "MatMul"} <= ops
     assert all(n.domain == "" for n in model.graph.node)
     used = {i for n in model.graph.node for i in n.input}
     assert {t.name for t in model.graph.initializer} <= used  # nothing left over
+
+    # by default the weights stay out of the protobuf: the same graph, the arrays beside it
+    lean, external = build_model(weights, config)
+    assert lean.graph.node == model.graph.node
+    assert lean.ByteSize() < 200_000 < 80_000_000 < model.ByteSize()
+    inline = {t.name: t for t in model.graph.initializer}
+    assert set(external) < set(inline)
+    assert sum(a.nbytes for a in external.values()) > 80_000_000
+    for name, array in external.items():
+        np.testing.assert_array_equal(array, numpy_helper.to_array(inline[name]))
+    outside = [t for t in lean.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    assert sorted(t.name for t in outside) == sorted(external)
 
 
 @pytest.mark.parametrize(

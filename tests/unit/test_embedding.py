@@ -28,7 +28,6 @@ from quorum.localmodels.embedding import (
     Heads,
     HeadsError,
     _gelu_,
-    device_for,
     encode,
     model_dir,
 )
@@ -143,10 +142,6 @@ def test_empty_batch_gives_empty_array() -> None:
 def test_bad_input_is_invalid_argument(bad: object) -> None:
     with pytest.raises(InvalidArgument):
         encode(bad)  # type: ignore[arg-type]
-
-
-def test_numpy_only_device_is_cpu_even_for_a_gpu_instance() -> None:
-    assert device_for("GPU") == device_for("CPU") == device_for(None) == "cpu"
 
 
 def test_import_loads_nothing() -> None:

@@ -1,16 +1,21 @@
 """The shared body of the Triton head models (quorum.localmodels.serving): its config
-parameters, without Triton."""
+parameters and its load, without Triton."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
+import numpy as np
 import pytest
 
-from quorum.localmodels.serving import limit_blas_threads, parameter
+from quorum.localmodels.embedding import Head, Heads
+from quorum.localmodels.serving import HeadsModel, Instance, limit_blas_threads, parameter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +70,93 @@ def test_a_batch_of_one_text_gets_its_own_thread_count() -> None:
     )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
+class _PbUtils:
+    """What HeadsModel's initialize uses of Triton's triton_python_backend_utils."""
+
+    class TritonModelException(Exception):
+        pass
+
+    class Logger:
+        lines: ClassVar[list[str]] = []
+
+        @classmethod
+        def log_info(cls, message: str) -> None:
+            cls.lines.append(message)
+
+    @staticmethod
+    def triton_string_to_numpy(name: str) -> type:
+        return {"TYPE_FP32": np.float32}[name]
+
+
+def _args(tmp_path: Path, *, device_id: str = "1", one_text: str = "2") -> dict[str, str]:
+    config = {
+        "output": [{"name": "SCORE_SPAM", "data_type": "TYPE_FP32"}],
+        # no blas_threads cap: it would hold for the rest of this test process
+        "parameters": {"blas_threads_one_text": {"string_value": one_text}},
+    }
+    return {
+        "model_config": json.dumps(config),
+        "model_repository": str(tmp_path),
+        "model_version": "1",
+        "model_instance_kind": "GPU",
+        "model_instance_device_id": device_id,
+    }
+
+
+def _heads(folder: Path) -> Heads:
+    return Heads([Head("spam", ("spam",), np.zeros(2, np.float32), 0.0, 0.5)], dim=2)
+
+
+def test_a_runtime_is_made_for_the_instance_and_warmed_for_both_batch_sizes(
+    tmp_path: Path,
+) -> None:
+    made: list[Instance] = []
+    seen: list[list[str]] = []
+
+    def features_for(instance: Instance) -> Callable[[Sequence[str]], np.ndarray]:
+        made.append(instance)
+
+        def features(texts: Sequence[str]) -> np.ndarray:
+            seen.append(list(texts))
+            return np.zeros((len(texts), 2), np.float32)
+
+        return features
+
+    model = HeadsModel(_PbUtils, _args(tmp_path), what="m", load=_heads, features_for=features_for)
+    assert made == [Instance(kind="GPU", device_id=1, threads=0, threads_one_text=2)]
+    assert [len(t) for t in seen] == [1, 2]  # the one-text runtime and the batch one
+    assert model.columns == {"SCORE_SPAM": 0}
+    assert "GPU instance" in _PbUtils.Logger.lines[-1]
+
+
+def test_features_or_features_for_not_both_nor_neither(tmp_path: Path) -> None:
+    def features(texts: Sequence[str]) -> np.ndarray:
+        return np.zeros((len(texts), 2), np.float32)
+
+    with pytest.raises(TypeError, match="not both"):
+        HeadsModel(_PbUtils, _args(tmp_path), what="m", load=_heads)
+    with pytest.raises(TypeError, match="not both"):
+        HeadsModel(
+            _PbUtils,
+            _args(tmp_path),
+            what="m",
+            load=_heads,
+            features=features,
+            features_for=lambda instance: features,
+        )
+
+
+@pytest.mark.parametrize(("device_id", "one_text"), [("x", "2"), ("0", "two")])
+def test_a_bad_device_id_or_thread_count_fails_the_load(
+    tmp_path: Path, device_id: str, one_text: str
+) -> None:
+    with pytest.raises(_PbUtils.TritonModelException, match=r"^m: .* must be a whole number"):
+        HeadsModel(
+            _PbUtils,
+            _args(tmp_path, device_id=device_id, one_text=one_text),
+            what="m",
+            load=_heads,
+            features_for=lambda instance: lambda texts: np.zeros((len(texts), 2)),
+        )

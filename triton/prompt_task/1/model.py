@@ -11,7 +11,7 @@ site-packages (it ignores PYTHONPATH).
 
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from quorum.localmodels.embedding import device_for, encode
+from quorum.localmodels.embedding import encode
 from quorum.localmodels.prompttask import HEAD_FILE, TaskHead
 from quorum.localmodels.serving import heads_model
 
@@ -19,6 +19,5 @@ TritonPythonModel = heads_model(
     pb_utils,
     what="prompt_task",
     load=lambda folder: TaskHead.load(folder / HEAD_FILE),
-    features=encode,
-    device=device_for("GPU"),  # numpy: on the host whatever instance Triton gives it
+    features=encode,  # numpy: on the host whatever instance Triton gives it
 )

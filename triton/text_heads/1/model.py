@@ -5,19 +5,21 @@ Input ``TEXT`` (BYTES, [batch, 1], UTF-8) -> one output per category ``SCORE_<CA
 ``heads.json`` beside this file (:class:`quorum.localmodels.serving.HeadsModel`: each output in
 the config must have a head, or the model refuses to load; the texts of a dynamic batch are
 encoded in one call, then split back, one response per request with the outputs it asked
-for). The encoder loads at initialize, not on the first request. The stub imports ``quorum``
-from the environment's site-packages (it ignores PYTHONPATH).
+for). The encoder is MiniLM on ONNX Runtime (:mod:`quorum.localmodels.onnxencoder`), made at
+initialize for this instance: CUDA on a GPU instance when the onnxruntime-gpu wheel is
+installed, else the CPU, with the config's thread counts. The stub imports ``quorum`` from the
+environment's site-packages (it ignores PYTHONPATH).
 """
 
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
-from quorum.localmodels.embedding import Heads, device_for, encode
+from quorum.localmodels.embedding import Heads
+from quorum.localmodels.onnxencoder import for_instance
 from quorum.localmodels.serving import heads_model
 
 TritonPythonModel = heads_model(
     pb_utils,
     what="text_heads",
     load=lambda folder: Heads.load(folder / "heads.json"),
-    features=encode,
-    device=device_for("GPU"),  # numpy: on the host whatever instance Triton gives it
+    features_for=for_instance,
 )

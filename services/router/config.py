@@ -35,6 +35,9 @@ class RouterSettings:
     #: coalesced into ModerateBatch calls (services/router/voterclient.py); 0 or 1: each its
     #: own Moderate call
     moderation_batch: int
+    #: the calls to the voter a tenant's moderations may have in flight before the next ones
+    #: queue to go together
+    moderation_calls: int
     default_timeout_s: float
     max_timeout_s: float
     max_prompt_chars: int
@@ -95,6 +98,7 @@ class RouterSettings:
             cost_address=config.get_str(r, "cost_address", w),
             moderation=moderation,
             moderation_batch=config.get_int(r, "moderation_batch", w),
+            moderation_calls=config.get_int(r, "moderation_calls", w, minimum=1),
             default_timeout_s=config.get_float(r, "default_timeout_s", w, minimum=0.01),
             max_timeout_s=config.get_float(r, "max_timeout_s", w, minimum=0.01),
             max_prompt_chars=config.get_int(r, "max_prompt_chars", w, minimum=1),

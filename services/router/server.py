@@ -142,7 +142,9 @@ async def create(
             TritonChat(triton) if triton else None,
             TritonRoutedChat(triton) if triton else None,
         ),
-        VoterClient(voter_channel, batch=settings.moderation_batch),
+        VoterClient(
+            voter_channel, batch=settings.moderation_batch, in_flight=settings.moderation_calls
+        ),
         meter,
         retry=settings.retry,
         moderation=settings.moderation,

@@ -86,7 +86,7 @@ async def _moderate(client: VoterClient, text: str, request_id: str, tenant: str
 
 async def test_a_lone_moderation_goes_at_once_and_concurrent_ones_go_together(voter):
     servicer, channel = voter
-    client = VoterClient(channel, batch=64)
+    client = VoterClient(channel, batch=64, in_flight=1)
     alone = await _moderate(client, "hello", "r0:input")
     assert alone.request_id == "r0:input" and alone.is_safe
     assert servicer.calls == [("one", "acme", [("hello", "r0:input")])]
@@ -104,7 +104,7 @@ async def test_a_lone_moderation_goes_at_once_and_concurrent_ones_go_together(vo
 
 async def test_tenants_never_share_a_batch_and_batches_keep_to_their_size(voter):
     servicer, channel = voter
-    client = VoterClient(channel, batch=4)
+    client = VoterClient(channel, batch=4, in_flight=1)
     jobs = [
         _moderate(client, f"text {i}", f"r{i}", tenant="acme" if i % 2 else "globex")
         for i in range(14)
@@ -118,7 +118,7 @@ async def test_tenants_never_share_a_batch_and_batches_keep_to_their_size(voter)
 
 async def test_a_text_that_fails_in_a_batch_fails_alone(voter):
     servicer, channel = voter
-    client = VoterClient(channel)
+    client = VoterClient(channel, in_flight=1)
     texts = ["first", "fine", "outage here", "also fine"]
     got = await asyncio.gather(
         *(_moderate(client, t, f"r{i}") for i, t in enumerate(texts)), return_exceptions=True
@@ -130,7 +130,7 @@ async def test_a_text_that_fails_in_a_batch_fails_alone(voter):
 
 async def test_a_batch_refused_whole_is_sent_again_text_by_text(voter):
     servicer, channel = voter
-    client = VoterClient(channel)
+    client = VoterClient(channel, in_flight=1)
     texts = ["first", "fine", "toolong text", "also fine"]
     got = await asyncio.gather(
         *(_moderate(client, t, f"r{i}") for i, t in enumerate(texts)), return_exceptions=True
@@ -144,7 +144,7 @@ async def test_a_batch_refused_whole_is_sent_again_text_by_text(voter):
 
 async def test_a_moderation_gives_up_at_its_own_deadline(voter):
     servicer, channel = voter
-    client = VoterClient(channel)
+    client = VoterClient(channel, in_flight=1)
     first = asyncio.create_task(client.moderate("slow one", "r0", tenant="acme", timeout_s=5))
     await asyncio.sleep(0.02)
     start = time.monotonic()
@@ -155,6 +155,24 @@ async def test_a_moderation_gives_up_at_its_own_deadline(voter):
     assert (await first).request_id == "r0"
     # it was never sent: nobody waited for it any more when its turn came
     assert [items for *_, items in servicer.calls] == [[("slow one", "r0")]]
+
+
+async def test_a_slow_call_holds_up_nobody_while_another_is_free(voter):
+    servicer, channel = voter
+    client = VoterClient(channel, in_flight=2)
+    slow = asyncio.create_task(client.moderate("slow one", "r0", tenant="acme", timeout_s=5))
+    await asyncio.sleep(0.02)
+    start = time.monotonic()
+    got = await asyncio.gather(*(_moderate(client, f"t{i}", f"r{i}") for i in range(1, 6)))
+    assert time.monotonic() - start < SLOW_S  # the second call went while the slow one ran
+    assert [g.request_id for g in got] == [f"r{i}" for i in range(1, 6)]
+    assert (await slow).request_id == "r0"
+    # the slow one and the first quick one went alone, the four behind it together
+    assert [(kind, len(items)) for kind, _, items in servicer.calls] == [
+        ("one", 1),
+        ("one", 1),
+        ("batch", 4),
+    ]
 
 
 async def test_with_batching_off_each_moderation_is_its_own_call(voter):

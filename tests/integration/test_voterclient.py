@@ -84,6 +84,13 @@ async def _moderate(client: VoterClient, text: str, request_id: str, tenant: str
     return await client.moderate(text, request_id, tenant=tenant, timeout_s=5)
 
 
+async def _slow_call(client: VoterClient) -> asyncio.Task[voter_pb2.ModerateResponse]:
+    """A moderation (request "r0") that takes SLOW_S, once it is with the voter."""
+    slow = asyncio.create_task(client.moderate("slow one", "r0", tenant="acme", timeout_s=5))
+    await asyncio.sleep(0.02)
+    return slow
+
+
 async def test_a_lone_moderation_goes_at_once_and_concurrent_ones_go_together(voter):
     servicer, channel = voter
     client = VoterClient(channel, batch=64, in_flight=1)
@@ -145,8 +152,7 @@ async def test_a_batch_refused_whole_is_sent_again_text_by_text(voter):
 async def test_a_moderation_gives_up_at_its_own_deadline(voter):
     servicer, channel = voter
     client = VoterClient(channel, in_flight=1)
-    first = asyncio.create_task(client.moderate("slow one", "r0", tenant="acme", timeout_s=5))
-    await asyncio.sleep(0.02)
+    first = await _slow_call(client)
     start = time.monotonic()
     # queued behind the slow call, it runs out of time before its turn
     with pytest.raises(DeadlineExceeded):
@@ -160,8 +166,7 @@ async def test_a_moderation_gives_up_at_its_own_deadline(voter):
 async def test_a_slow_call_holds_up_nobody_while_another_is_free(voter):
     servicer, channel = voter
     client = VoterClient(channel, in_flight=2)
-    slow = asyncio.create_task(client.moderate("slow one", "r0", tenant="acme", timeout_s=5))
-    await asyncio.sleep(0.02)
+    slow = await _slow_call(client)
     start = time.monotonic()
     got = await asyncio.gather(*(_moderate(client, f"t{i}", f"r{i}") for i in range(1, 6)))
     assert time.monotonic() - start < SLOW_S  # the second call went while the slow one ran

@@ -174,30 +174,29 @@ def _litellm_python() -> Path:
     return python
 
 
-def _start_provider() -> tuple[subprocess.Popen[bytes], str]:
-    """bench/fastprovider.py on a free port: (process, its /v1 URL)."""
+def _start_script(name: str, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``bench/<name>`` on a free port (``--port``), once it says it is listening: (process,
+    port)."""
     (port,) = free_ports(1)
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fastprovider.py"), "--port", str(port)],
+        [sys.executable, str(ROOT / "bench" / name), "--port", str(port), *args],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
     if not proc.stdout.readline().startswith(b"listening"):
-        raise SystemExit(f"the fast provider did not start ({proc.wait()})")
+        raise SystemExit(f"bench/{name} did not start ({proc.wait()})")
+    return proc, port
+
+
+def _start_provider() -> tuple[subprocess.Popen[bytes], str]:
+    """bench/fastprovider.py on a free port: (process, its /v1 URL)."""
+    proc, port = _start_script("fastprovider.py")
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def _start_floor(provider_url: str) -> tuple[subprocess.Popen[bytes], str]:
     """bench/grpcfloor.py (a bare grpc.aio forwarder) on a free port: (process, address)."""
-    (port,) = free_ports(1)
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "grpcfloor.py"), "--port", str(port),
-         "--provider", provider_url],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    if not proc.stdout.readline().startswith(b"listening"):
-        raise SystemExit(f"the bare forwarder did not start ({proc.wait()})")
+    proc, port = _start_script("grpcfloor.py", "--provider", provider_url)
     return proc, f"127.0.0.1:{port}"
 
 

@@ -11,16 +11,16 @@ from contextlib import ExitStack
 from quorum.errors import InvalidArgument
 
 
-def request_id(given: str, *, limit: int) -> str:
-    """The client's request id, checked (at most ``limit`` printable characters), or a new
-    one when it gave none."""
+def request_id(given: str, *, limit: int, field: str = "request_id") -> str:
+    """The client's request id, checked (at most ``limit`` printable characters; an error
+    names ``field``), or a new one when it gave none."""
     if not given:
         return uuid.uuid4().hex
     if len(given) > limit or not given.isprintable():
         raise InvalidArgument(
-            f"request_id must be at most {limit} printable characters",
+            f"{field} must be at most {limit} printable characters",
             reason="BAD_REQUEST_ID",
-            metadata={"field": "request_id"},
+            metadata={"field": field},
         )
     return given
 

@@ -56,7 +56,7 @@ def to_response(request_id: str, outcome: Outcome, latency_ms: int) -> voter_pb2
 
 def item_ids(request: voter_pb2.ModerateBatchRequest, request_id: str) -> list[str]:
     """Each text's request id in a batch: the ones the request gives (checked: one per text,
-    non-empty, printable, at most MAX_REQUEST_ID characters, no two alike), else
+    non-empty, each as ModerateRequest.request_id is checked, no two alike), else
     ``<request_id>:<i>``."""
     given = list(request.request_ids)
     if not given:
@@ -71,12 +71,13 @@ def item_ids(request: voter_pb2.ModerateBatchRequest, request_id: str) -> list[s
     seen: set[str] = set()
     for i, each in enumerate(given):
         field = f"request_ids[{i}]"
-        if not each or len(each) > MAX_REQUEST_ID or not each.isprintable():
+        if not each:
             raise InvalidArgument(
-                f"{field} must be 1 to {MAX_REQUEST_ID} printable characters",
+                f"{field} is empty: give every text an id, or none",
                 reason="BAD_REQUEST_ID",
                 metadata={"field": field},
             )
+        ids.request_id(each, limit=MAX_REQUEST_ID, field=field)
         if each in seen:
             raise InvalidArgument(
                 f"{field} repeats an earlier id: each text needs its own",

@@ -38,38 +38,38 @@ def test_a_bad_cap_is_refused_naming_the_model(value: str) -> None:
         limit_blas_threads(value, what="m")
 
 
-def test_a_cap_applies_to_numpys_blas_in_the_whole_process() -> None:
-    # in a child (the cap is process-wide and stays) started with two BLAS threads, whatever
-    # the CPUs of the machine running the test
-    code = (
-        "import numpy\n"
-        "from threadpoolctl import threadpool_info\n"
-        "from quorum.localmodels.serving import limit_blas_threads\n"
-        "def threads():\n"
-        "    return {p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}\n"
-        "assert threads() == {2}, threads()\n"
-        "assert limit_blas_threads('1', what='m') == 1\n"
-        "assert threads() == {1}, threads()\n"
-    )
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
-
-
-def test_a_batch_of_one_text_gets_its_own_thread_count() -> None:
+def _in_a_child_with_two_blas_threads(checks: str) -> None:
+    """Run ``checks`` in a child process (a BLAS cap is process-wide and stays) started with
+    two BLAS threads, whatever the CPUs of the machine running the test; ``threads()`` there
+    is the set of numpy's BLAS thread counts."""
     code = (
         "import numpy\n"
         "from threadpoolctl import threadpool_info\n"
         "from quorum.localmodels.serving import BlasThreads, limit_blas_threads\n"
         "def threads():\n"
         "    return {p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'}\n"
+        + checks
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
+
+
+def test_a_cap_applies_to_numpys_blas_in_the_whole_process() -> None:
+    _in_a_child_with_two_blas_threads(
+        "assert threads() == {2}, threads()\n"
+        "assert limit_blas_threads('1', what='m') == 1\n"
+        "assert threads() == {1}, threads()\n"
+    )
+
+
+def test_a_batch_of_one_text_gets_its_own_thread_count() -> None:
+    _in_a_child_with_two_blas_threads(
         "limit_blas_threads('1', what='m')\n"
         "b = BlasThreads(1, 2)\n"
         "assert b.for_batch(1) == 2 and threads() == {2}, threads()\n"
         "assert b.for_batch(1) == 2 and threads() == {2}, threads()\n"
         "assert b.for_batch(7) == 1 and threads() == {1}, threads()\n"
     )
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env)
 
 
 class _PbUtils:

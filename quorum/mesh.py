@@ -37,13 +37,13 @@ from quorum.errors import Unavailable
 from quorum.ids import free_ports
 from quorum.otlprelay import OtlpRelay
 from quorum.registry import OpenAIBackend, TritonBackend, load_registry
+from quorum.signals import parent_death_signal
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
     default_model_repository,
     optional_skipped,
-    parent_death_signal,
 )
 from services.router.routing import triton_models
 

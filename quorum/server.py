@@ -91,10 +91,13 @@ def create_server(
     )
     reflection.enable_server_reflection(names, server)
     _serve_reflection_v1(names, server)
-    if tls is not None and tls.enabled:
-        port = server.add_secure_port(address, tls.server_credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None and tls.enabled:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where it once returned 0 (its log line says why)
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer

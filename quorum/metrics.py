@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -147,10 +148,17 @@ class Installed:
 
 
 def setup(
-    service: str, settings: MetricsSettings, env: Mapping[str, str] | None = None
+    service: str,
+    settings: MetricsSettings,
+    env: Mapping[str, str] | None = None,
+    *,
+    worker: int | None = None,
 ) -> Installed:
     """Install the meter provider with its readers: the Prometheus endpoint (raises OSError
-    when its address cannot be bound) and OTLP export, as configured. Once per process."""
+    when its address cannot be bound) and OTLP export, as configured. Once per process.
+    ``worker``: this process is that one of several serving one service (:mod:`quorum.workers`):
+    its resource gets a ``service.instance.id`` of its own (else OTLP would mix their series)
+    and ``quorum.worker``."""
     env = os.environ if env is None else env
     readers: list[Any] = []
     server: WSGIServer | None = None
@@ -179,7 +187,10 @@ def setup(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
+    attributes: dict[str, str | int] = {"service.name": env.get("OTEL_SERVICE_NAME") or service}
+    if worker is not None:
+        attributes |= {"service.instance.id": str(uuid.uuid4()), "quorum.worker": worker}
+    resource = Resource.create(attributes)
     provider = MeterProvider(metric_readers=readers, resource=resource)
     metrics.set_meter_provider(provider)
     provider.get_meter(SCOPE).create_observable_gauge(

@@ -7,9 +7,10 @@ thread's ``Event.wait()``. :class:`StopSignals` only assigns an attribute in its
 polls it with ``time.sleep``, which takes no lock.
 
 On Linux a process can ask to be sent a signal when its parent dies (``PR_SET_PDEATHSIG``):
-:func:`parent_death_signal` asks it for a child between fork and exec (a ``preexec_fn``).
-Linux sends it when the parent *thread* that forked exits, so it is only meant for children
-started from the main thread (which exits with the process).
+:func:`parent_death_signal` asks it for a child between fork and exec (a ``preexec_fn``),
+:func:`die_with_parent` in the child itself. Linux sends it when the parent *thread* that
+forked exits, so both are only meant for children started from the main thread (which exits
+with the process).
 """
 
 from __future__ import annotations
@@ -95,3 +96,16 @@ def parent_death_signal(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``sig`` to this process when ``parent``, the process that started it
+    (from its main thread), exits. False when ``parent`` is not, or no longer, this process's
+    parent (it died: this one was handed to another), or where it cannot be asked (not
+    Linux); the caller decides what that means."""
+    if os.getppid() != parent:
+        return False
+    prctl = _prctl()
+    if prctl is None or prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    return os.getppid() == parent  # it died before prctl took effect: no signal would come

@@ -1,15 +1,18 @@
 """``[router] workers``: its validation, what each worker gets of its own (usage journal,
-scrape endpoint), the ports the workers' endpoints would take, and the first's check
-that nothing else listens on a fixed port."""
+scrape endpoint), the ports the workers' endpoints would take, the first's check that
+nothing else listens on a fixed port, and what the mesh makes of it."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from pathlib import Path
 
 import pytest
 
 from quorum import config
+from quorum.ids import free_port_run
+from quorum.mesh import Mesh, MeshOptions
 from quorum.metrics import MetricsSettings
 from quorum.registry import ConfigError
 from quorum.workers import check_port_free, worker_command
@@ -120,3 +123,34 @@ def test_a_port_anything_listens_on_is_not_free() -> None:
         s.listen()
         with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port}"):
             check_port_free(f"127.0.0.1:{port}")
+
+
+def test_the_mesh_reads_the_routers_workers_from_config_and_settings(tmp_path: Path) -> None:
+    plain = Mesh(MeshOptions(data_dir=tmp_path, env={}))
+    assert plain.router_workers == 1
+    opts = MeshOptions(data_dir=tmp_path, env={}, settings=("router.workers=3",))
+    assert Mesh(opts).router_workers == 3
+    by_env = Mesh(MeshOptions(data_dir=tmp_path, env={"QUORUM_ROUTER__WORKERS": "2"}))
+    assert by_env.router_workers == 2
+
+
+def test_on_ephemeral_ports_the_mesh_gives_the_workers_endpoints_free_ports(
+    tmp_path: Path,
+) -> None:
+    opts = MeshOptions(
+        data_dir=tmp_path, env={}, settings=("router.workers=4",), ephemeral_ports=True
+    )
+    mesh = Mesh(opts)
+    (arg,) = mesh._metrics_args("router")
+    port = int(arg.rpartition(":")[2])
+    assert mesh.metrics["router"] == f"http://127.0.0.1:{port}/metrics"
+    for p in range(port, port + 4):  # the first's and the three workers'
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
+
+
+def test_a_run_of_free_ports_is_free() -> None:
+    first = free_port_run(5)
+    with contextlib.ExitStack() as stack:
+        for p in range(first, first + 5):
+            stack.enter_context(socket.socket()).bind(("127.0.0.1", p))

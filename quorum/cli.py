@@ -524,8 +524,9 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
             scrape = f"  metrics {mesh.metrics[name]}" if name in mesh.metrics else ""
             print(f"  {name:<10} {mesh.addresses[name]:<16}{scrape}")
             if name == "router" and mesh.router_workers > 1:
-                others = "; the others' metrics on its next ports" if scrape else ""
-                print(f"  {'':<10} {mesh.router_workers} processes on that port{others}")
+                n = mesh.router_workers
+                others = f" (workers 1-{n - 1}: metrics on the next ports)" if scrape else ""
+                print(f"  {'':<10} {n} processes on that port{others}")
     print(f"  logs       {mesh.log_dir.resolve()}")
     if mesh.simulated_models:
         print(

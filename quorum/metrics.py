@@ -4,8 +4,9 @@ Where they go:
 
 - a Prometheus scrape endpoint, ``http://HOST:PORT/metrics``, when the service's
   ``metrics_address`` is set (``[router]``, ``[voter]``, ``[cost]``; the embedded defaults put
-  them on loopback ports 50081-50083, ``""`` turns one off). It has no authentication of its
-  own, so it binds loopback only unless ``[metrics] allow_remote = true``;
+  them on loopback ports 50081-50083, ``""`` turns one off; a router with several processes,
+  :mod:`quorum.workers`, serves one a process). It has no authentication of its own, so it
+  binds loopback only unless ``[metrics] allow_remote = true``;
 - OTLP/HTTP, when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``
   is set (and ``OTEL_METRICS_EXPORTER`` is not ``none``), every ``OTEL_METRIC_EXPORT_INTERVAL``
   milliseconds (60 s by default) and once more at shutdown.

@@ -24,6 +24,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from quorum import usage
@@ -32,6 +35,7 @@ from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.usage import UsageRecord
 from tests.conftest import ServiceProcess
+from tests.otlp_receiver import OtlpReceiver
 
 CONFIG = """
 [registry]
@@ -167,11 +171,12 @@ def start_router(
     worker still running at the end is killed (the fixture kills the first)."""
     started: list[int] = []
 
-    def start(*sets: str) -> ServiceProcess:
+    def start(*sets: str, env: dict[str, str] | None = None) -> ServiceProcess:
         args = ["--config", str(config), "--address", "127.0.0.1:0"]
         for s in ("router.workers=2", f"router.cost_address={cost.address}", *sets):
             args += ["--set", s]
-        router = service_process("services.router", *args, env={"QUORUM_DATA_DIR": str(tmp_path)})
+        env = {"QUORUM_DATA_DIR": str(tmp_path), **(env or {})}
+        router = service_process("services.router", *args, env=env)
         started.extend(children(router.proc.pid))
         return router
 
@@ -222,6 +227,33 @@ def test_two_processes_serve_one_port_and_share_the_calls(start_router, cost) ->
         )
         summary = stub.GetUsageSummary(cost_pb2.GetUsageSummaryRequest(), timeout=5)
     assert summary.requests == len(answers)
+
+
+def test_each_worker_exports_its_metrics_as_an_instance_of_its_own(start_router) -> None:
+    # the same service.name from two processes: without an instance id of its own each, a
+    # collector would take their counters for one series
+    with OtlpReceiver() as rx:
+        router = start_router(
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "200"}
+        )
+
+        def resources() -> dict[int, set[str]]:
+            out: dict[int, set[str]] = {}
+            for (path, _), (_, body) in zip(rx.requests(), rx.bodies(), strict=False):
+                if path != "/v1/metrics":
+                    continue
+                for rm in ExportMetricsServiceRequest.FromString(body).resource_metrics:
+                    attrs = {a.key: a.value for a in rm.resource.attributes}
+                    assert attrs["service.name"].string_value == "quorum-router"
+                    worker = attrs["quorum.worker"].int_value
+                    out.setdefault(worker, set()).add(attrs["service.instance.id"].string_value)
+            return out
+
+        assert wait_until(lambda: set(resources()) == {0, 1}, 15), resources()
+        assert router.stop(signal.SIGTERM, timeout=30) == 0
+    ids = resources()
+    assert all(len(v) == 1 for v in ids.values()), ids  # one each, for the process's life
+    assert ids[0] != ids[1]
 
 
 def test_a_journal_left_by_a_worker_beyond_workers_is_sent(start_router, cost, tmp_path) -> None:

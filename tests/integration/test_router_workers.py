@@ -4,9 +4,11 @@ A router with ``workers = 2`` (the provider simulator as its model, a real cost 
 two processes listen on the one port it announces, the second a child of the first; calls
 over many separate channels all succeed, both processes serve some of them (each one's own
 Prometheus endpoint counts what it served), and the ledger holds each call once (each worker
-has its own usage journal). SIGTERM to the first ends both with exit 0; SIGKILL to the first
-ends the second too (it asked Linux for SIGTERM when its parent dies); a worker that cannot
-start makes the first stop and exit 1; a bad ``workers`` is a configuration error."""
+has its own usage journal), and each exports its OTLP metrics as an instance of its own. A
+journal left by a worker beyond ``workers`` is sent by the first. SIGTERM to the first ends
+both with exit 0; SIGKILL to the first ends the second too (it asked Linux for SIGTERM when
+its parent dies); a worker that dies or cannot start makes the first stop and exit 1; a bad
+``workers`` is a configuration error; a fixed port something listens on is never shared."""
 
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ def start_quorum_up(
 ) -> tuple[subprocess.Popen[str], dict[str, str], float]:
     router, voter, cost, th, tg, tm, sim, m_router, m_voter, m_cost = free_ports(10)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env |= extra_env or {}
     env |= {
         "QUORUM_DATA_DIR": str(data_dir),
         "QUORUM_ROUTER__ADDRESS": f"127.0.0.1:{router}",
@@ -55,6 +54,7 @@ def start_quorum_up(
         "QUORUM_VOTER__METRICS_ADDRESS": f"127.0.0.1:{m_voter}",
         "QUORUM_COST__METRICS_ADDRESS": f"127.0.0.1:{m_cost}",
     }
+    env |= extra_env or {}  # last: it may move any of the above
     t = time.perf_counter()
     proc = subprocess.Popen(
         [QUORUM, "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_router.py [--requests 300] [--seconds 10] [--concurrency 32]
                                            [--provider fast|simulator] [--no-litellm]
+                                           [--router-workers 1] [--channels N]
     .venv/bin/python bench/bench_router.py --budgets [--requests 300]
 
 Runs `quorum up` as a person does (Triton, cost, voter, router and the provider simulator on
@@ -22,10 +23,15 @@ Then:
    difference of the medians (and of the p99s).
 2. **Throughput** at ``--concurrency`` calls in flight for ``--seconds``: straight to the
    provider (the ceiling), through the router (moderation off, and input moderation), and
-   through the LiteLLM proxy (one worker, like the one router process) in front of the same
-   provider, all driven by that same client. LiteLLM is installed by this script into a
-   virtual environment of its own (``.quorum/bench/litellm``; never a dependency of Quorum)
-   on first use, from PyPI.
+   through the LiteLLM proxy in front of the same provider, all driven by that same client.
+   The router serves with ``--router-workers`` processes (``[router] workers``, 1 by
+   default) and LiteLLM with as many (``--num_workers``), so that the two compare like for
+   like. The gRPC rows spread their calls over ``--channels`` channels, each its own
+   connection (one by default with one router process, as before; one per call in flight
+   with several: a connection is served by one router process, and LiteLLM's client opens
+   one per call in flight anyway). LiteLLM is installed by this script into a virtual
+   environment of its own (``.quorum/bench/litellm``; never a dependency of Quorum) on first
+   use, from PyPI.
 
 ``--budgets`` measures instead what a hard budget adds to a call: ``Complete`` one at a time
 for a tenant with no budget and for one with a (large) hard budget, on a mesh that reserves
@@ -39,13 +45,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -118,16 +126,33 @@ def _http(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Call:
 
 
 def _complete(
-    stub: router_pb2_grpc.RouterServiceStub,
+    stub: router_pb2_grpc.RouterServiceStub | list[router_pb2_grpc.RouterServiceStub],
     moderation: router_pb2.ModerationMode,
     metadata: tuple[tuple[str, str], ...] = (),
 ) -> Call:
+    """``Complete`` on ``stub``, or on each of several stubs in turn."""
     req = router_pb2.CompleteRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, moderation=moderation)
+    stubs = itertools.cycle(stub if isinstance(stub, list) else [stub])
 
     async def call() -> object:
-        return await stub.Complete(req, metadata=metadata, timeout=30)
+        return await next(stubs).Complete(req, metadata=metadata, timeout=30)
 
     return call
+
+
+@contextlib.asynccontextmanager
+async def _stubs(
+    address: str, count: int
+) -> AsyncIterator[list[router_pb2_grpc.RouterServiceStub]]:
+    """``count`` channels to ``address``, each its own connection (without a local subchannel
+    pool, channels to one address share one connection), as stubs."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options) for _ in range(count)]
+    try:
+        yield [router_pb2_grpc.RouterServiceStub(c) for c in channels]
+    finally:
+        for c in channels:
+            await c.close()
 
 
 async def _budgets(addresses: dict[str, str], args: argparse.Namespace, label: str) -> None:
@@ -200,7 +225,9 @@ def _start_floor(provider_url: str) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"127.0.0.1:{port}"
 
 
-def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_litellm(
+    simulator_url: str, tmp: Path, workers: int
+) -> tuple[subprocess.Popen[bytes], str]:
     python = _litellm_python()
     (port,) = free_ports(1)
     config = tmp / "litellm.yaml"
@@ -224,7 +251,7 @@ def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[byte
     }
     proc = subprocess.Popen(
         [str(python.parent / "litellm"), "--config", str(config), "--host", "127.0.0.1",
-         "--port", str(port), "--num_workers", "1"],
+         "--port", str(port), "--num_workers", str(workers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -240,6 +267,10 @@ def _start_litellm(simulator_url: str, tmp: Path) -> tuple[subprocess.Popen[byte
         time.sleep(0.5)
     proc.kill()
     raise SystemExit("the LiteLLM proxy did not start within 120 s")
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 def _row(label: str, ms: list[float], rate: int | None = None) -> str:
@@ -278,19 +309,27 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
                 f" ms, p99 {_pct(ms, 0.99) - _pct(base, 0.99):+.2f} ms"
             )
 
-        print(f"throughput, {args.concurrency} calls in flight for {args.seconds:g} s:")
+        workers = args.router_workers
+        print(
+            f"throughput, {args.concurrency} calls in flight for {args.seconds:g} s; the router"
+            f" with {_processes(workers)}, gRPC over {args.channels} channel(s):"
+        )
         rates: dict[str, int] = {}
-        for label, call in (
-            (f"straight to the {args.provider} provider (HTTP)", direct),
-            ("bare grpc.aio forwarder (the floor)", bare),
-            ("router Complete, moderation off", _complete(stub, none)),
-            ("router Complete, input moderation", _complete(stub, inp)),
+        async with (
+            _stubs(addresses["router"], args.channels) as router_stubs,
+            _stubs(floor_address, args.channels) as floor_stubs,
         ):
-            rate, ms = await _saturated(call, args.concurrency, args.seconds)
-            rates[label] = rate
-            print(_row(label, ms, rate))
+            for label, call in (
+                (f"straight to the {args.provider} provider (HTTP)", direct),
+                ("bare grpc.aio forwarder (the floor)", _complete(floor_stubs, none)),
+                ("router Complete, moderation off", _complete(router_stubs, none)),
+                ("router Complete, input moderation", _complete(router_stubs, inp)),
+            ):
+                rate, ms = await _saturated(call, args.concurrency, args.seconds)
+                rates[label] = rate
+                print(_row(label, ms, rate))
         if args.litellm:
-            proc, url = await asyncio.to_thread(_start_litellm, provider, tmp)
+            proc, url = await asyncio.to_thread(_start_litellm, provider, tmp, workers)
             try:
                 rate, ms = await _saturated(
                     _http(http, url, _body(MODEL)), args.concurrency, args.seconds
@@ -298,7 +337,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
             finally:
                 proc.terminate()
                 proc.wait(30)
-            print(_row(f"LiteLLM proxy {LITELLM_VERSION}, one worker", ms, rate))
+            print(_row(f"LiteLLM proxy {LITELLM_VERSION}, {workers} worker(s)", ms, rate))
             for label in ("router Complete, moderation off", "router Complete, input moderation"):
                 print(f"  {label}: {rates[label] / max(rate, 1):.1f}x LiteLLM's requests/s")
     floor.terminate()
@@ -313,6 +352,19 @@ def main() -> None:
     p.add_argument("--provider", choices=("fast", "simulator"), default="fast")
     p.add_argument("--no-litellm", dest="litellm", action="store_false")
     p.add_argument(
+        "--router-workers",
+        type=int,
+        default=1,
+        help="router processes ([router] workers); LiteLLM gets as many (--num_workers)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        help="gRPC channels (connections) for the throughput rows (default: 1 with one router"
+        " process, else one per call in flight)",
+    )
+    p.add_argument(
         "--budgets",
         action="store_true",
         help="instead: what a hard budget adds to a call, per-call reservations and leases",
@@ -321,13 +373,26 @@ def main() -> None:
     if args.budgets:
         _budget_runs(args)
         return
-    print(f"router vs direct vs LiteLLM on {os.cpu_count()} cores", flush=True)
+    if not args.channels:
+        args.channels = 1 if args.router_workers == 1 else args.concurrency
+    print(
+        f"router vs direct vs LiteLLM on {os.cpu_count()} cores: the router with"
+        f" {_processes(args.router_workers)}, LiteLLM with --num_workers {args.router_workers}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="quorum-bench-") as tmp:
         fast, env, url = None, {}, ""
         if args.provider == "fast":
             fast, url = _start_provider()
             # gpt-4.1 is a real provider's model, with a key: the router calls the stand-in
             env = {"QUORUM_PROVIDERS__OPENAI__BASE_URL": url, "OPENAI_API_KEY": "bench-key"}
+        if args.router_workers > 1:
+            # each worker's scrape endpoint on a free port of its own (the one start_quorum_up
+            # picks need not have free ports after it)
+            env |= {
+                "QUORUM_ROUTER__WORKERS": str(args.router_workers),
+                "QUORUM_ROUTER__METRICS_ADDRESS": "127.0.0.1:0",
+            }
         try:
             proc, addresses, took = start_quorum_up(Path(tmp) / "mesh", env)
             addresses["provider"] = url or addresses["simulator"]

@@ -523,6 +523,10 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
         if name in mesh.addresses:
             scrape = f"  metrics {mesh.metrics[name]}" if name in mesh.metrics else ""
             print(f"  {name:<10} {mesh.addresses[name]:<16}{scrape}")
+            if name == "router" and mesh.router_workers > 1:
+                n = mesh.router_workers
+                others = f" (workers 1-{n - 1}: metrics on the next ports)" if scrape else ""
+                print(f"  {'':<10} {n} processes on that port{others}")
     print(f"  logs       {mesh.log_dir.resolve()}")
     if mesh.simulated_models:
         print(

@@ -54,3 +54,24 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             s.bind((host, 0))
             ports.append(int(s.getsockname()[1]))
         return ports
+
+
+def free_port_run(count: int, host: str = "127.0.0.1", *, attempts: int = 100) -> int:
+    """The first of ``count`` consecutive free ports on ``host`` (held together while
+    checked, then released, as :func:`free_ports`)."""
+    for _ in range(attempts):
+        with ExitStack() as stack:
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            first.bind((host, 0))
+            port = int(first.getsockname()[1])
+            if port + count - 1 > 65535:
+                continue
+            try:
+                for p in range(port + 1, port + count):
+                    stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind(
+                        (host, p)
+                    )
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no {count} consecutive free ports on {host} in {attempts} tries")

@@ -13,9 +13,10 @@ from opentelemetry import trace
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, worker: int | None = None) -> None:
         super().__init__()
         self.service = service
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -23,6 +24,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "service": self.service,
+            **({} if self.worker is None else {"worker": self.worker}),
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -35,9 +37,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
-def setup(service: str, level: str = "INFO") -> None:
+def setup(service: str, level: str = "INFO", *, worker: int | None = None) -> None:
+    """JSON lines on stderr; ``worker``: which of several processes of the service this is
+    (:mod:`quorum.workers`), then in every line."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -15,6 +15,7 @@ scrape URL (:mod:`quorum.metrics`; Triton's own on its metrics port).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import queue
@@ -34,17 +35,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quorum import config, telemetry
 from quorum.errors import Unavailable
-from quorum.ids import free_ports
+from quorum.ids import free_port_run, free_ports
 from quorum.otlprelay import OtlpRelay
-from quorum.registry import OpenAIBackend, TritonBackend, load_registry
+from quorum.registry import ConfigError, OpenAIBackend, TritonBackend, load_registry
+from quorum.runner import set_override
+from quorum.signals import parent_death_signal
 from quorum.tls import TlsSettings, blocking_channel
 from quorum.tritonserver import (
     TritonOptions,
     TritonServer,
     default_model_repository,
     optional_skipped,
-    parent_death_signal,
 )
+from services.router.config import workers as router_workers
 from services.router.routing import triton_models
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,18 @@ class Mesh:
         self.relay: OtlpRelay | None = None
         self._children: list[_Child] = []
         self._config = config.load(options.config_path, options.env)
+        #: the router's processes (``[router] workers``, :mod:`quorum.workers`): it prints its
+        #: address once they all listen, so it is started and read as any service
+        self.router_workers = self._router_workers()
+
+    def _router_workers(self) -> int:
+        data = copy.deepcopy(self._config)
+        try:
+            for item in self.options.settings:
+                set_override(data, item)
+            return router_workers(data)
+        except ConfigError:
+            return 1  # the router says what is wrong when it starts
 
     @property
     def log_dir(self) -> Path:
@@ -118,10 +133,12 @@ class Mesh:
 
     def _metrics_args(self, section: str) -> list[str]:
         """The service's scrape endpoint, noted in :attr:`metrics`: a free loopback port when
-        ports are ephemeral (picked here, so the URL is known without asking the service),
-        else the configured one ("" none)."""
+        ports are ephemeral (picked here, so the URL is known without asking the service;
+        for a router with workers, the first of as many free ports in a row: worker i serves
+        on the port + i), else the configured one ("" none)."""
         if self.options.ephemeral_ports:
-            address = f"127.0.0.1:{free_ports(1)[0]}"
+            count = self.router_workers if section == "router" else 1
+            address = f"127.0.0.1:{free_port_run(count) if count > 1 else free_ports(1)[0]}"
             args = [f"--set={section}.metrics_address={address}"]
         else:
             address = str(self._config.get(section, {}).get("metrics_address", ""))

@@ -4,8 +4,9 @@ Where they go:
 
 - a Prometheus scrape endpoint, ``http://HOST:PORT/metrics``, when the service's
   ``metrics_address`` is set (``[router]``, ``[voter]``, ``[cost]``; the embedded defaults put
-  them on loopback ports 50081-50083, ``""`` turns one off). It has no authentication of its
-  own, so it binds loopback only unless ``[metrics] allow_remote = true``;
+  them on loopback ports 50081-50083, ``""`` turns one off; a router with several processes,
+  :mod:`quorum.workers`, serves one a process). It has no authentication of its own, so it
+  binds loopback only unless ``[metrics] allow_remote = true``;
 - OTLP/HTTP, when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``
   is set (and ``OTEL_METRICS_EXPORTER`` is not ``none``), every ``OTEL_METRIC_EXPORT_INTERVAL``
   milliseconds (60 s by default) and once more at shutdown.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -147,10 +149,17 @@ class Installed:
 
 
 def setup(
-    service: str, settings: MetricsSettings, env: Mapping[str, str] | None = None
+    service: str,
+    settings: MetricsSettings,
+    env: Mapping[str, str] | None = None,
+    *,
+    worker: int | None = None,
 ) -> Installed:
     """Install the meter provider with its readers: the Prometheus endpoint (raises OSError
-    when its address cannot be bound) and OTLP export, as configured. Once per process."""
+    when its address cannot be bound) and OTLP export, as configured. Once per process.
+    ``worker``: this process is that one of several serving one service (:mod:`quorum.workers`):
+    its resource gets a ``service.instance.id`` of its own (else OTLP would mix their series)
+    and ``quorum.worker``."""
     env = os.environ if env is None else env
     readers: list[Any] = []
     server: WSGIServer | None = None
@@ -179,7 +188,10 @@ def setup(
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service})
+    attributes: dict[str, str | int] = {"service.name": env.get("OTEL_SERVICE_NAME") or service}
+    if worker is not None:
+        attributes |= {"service.instance.id": str(uuid.uuid4()), "quorum.worker": worker}
+    resource = Resource.create(attributes)
     provider = MeterProvider(metric_readers=readers, resource=resource)
     metrics.set_meter_provider(provider)
     provider.get_meter(SCOPE).create_observable_gauge(

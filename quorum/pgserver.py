@@ -17,29 +17,24 @@ is ``postgresql``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from quorum.ids import free_ports
+from quorum.signals import parent_death_signal
 
 __all__ = ["PgBinaries", "TempPostgres", "find_binaries"]
 
 SUPERUSER = "quorum"
 DATABASE = "quorum"
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -76,27 +71,6 @@ def _run_as() -> str | None:
             continue
         return name
     raise RuntimeError("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
-
-
-def _parent_death_signal(sig: int) -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to send ``sig`` to the child when its parent thread exits
-    (only from the main thread: PR_SET_PDEATHSIG follows the forking thread)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child after the user switch: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
 
 
 class TempPostgres:
@@ -227,7 +201,7 @@ class TempPostgres:
                     stdout=log,
                     stderr=log,
                     start_new_session=True,  # a Ctrl-C reaches the parent only
-                    preexec_fn=_parent_death_signal(signal.SIGINT),  # noqa: PLW1509
+                    preexec_fn=parent_death_signal(signal.SIGINT),  # noqa: PLW1509
                 )
             if self._wait_ready():
                 return

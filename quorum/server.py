@@ -60,6 +60,7 @@ def create_server(
     auth: AuthSettings | None = None,
     tls: TlsSettings | None = None,
     limits: ServerLimits | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A server with our services (added by ``register``), reflection and health, bound to
     ``address`` ("127.0.0.1:0" picks a free port), with TLS when ``tls`` is enabled
@@ -67,7 +68,11 @@ def create_server(
     measured (:mod:`quorum.metricsgrpc`). Without keys (``auth`` off or None) only a loopback
     address is allowed (ConfigError otherwise). Run the HealthMonitor's first
     :meth:`HealthMonitor.update` before starting the server, so health is never SERVING before
-    the dependencies have been checked."""
+    the dependencies have been checked.
+
+    ``reuse_port`` sets ``SO_REUSEPORT``: only for the processes of one service that share a
+    port on purpose (:mod:`quorum.workers`); otherwise a second server on a port in use fails
+    to bind instead of silently sharing it."""
     auth = auth or AuthSettings()
     limits = limits or ServerLimits()
     auth.check_bind(address, "the listening address")
@@ -77,7 +82,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", limits.max_message_bytes),
             ("grpc.max_send_message_length", limits.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
         maximum_concurrent_rpcs=limits.max_concurrent_calls,
     )
@@ -91,10 +96,13 @@ def create_server(
     )
     reflection.enable_server_reflection(names, server)
     _serve_reflection_v1(names, server)
-    if tls is not None and tls.enabled:
-        port = server.add_secure_port(address, tls.server_credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None and tls.enabled:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where it once returned 0 (its log line says why)
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port, health_servicer
@@ -178,15 +186,24 @@ async def serve_until_signal(
     grace_s: float = 5.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     on_ready: Callable[[], None] | None = None,
+    on_signal: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT, then: health NOT_SERVING, stop taking RPCs, let
-    in-flight ones finish for ``grace_s``, then ``on_stop`` (close clients, flush).
-    ``on_ready`` runs once the signal handlers are in place (announce readiness there, so a
-    caller that signals at once is handled)."""
-    stop = asyncio.Event()
+    """Run until SIGTERM or SIGINT (or until ``stop`` is set), then: health NOT_SERVING, stop
+    taking RPCs, let in-flight ones finish for ``grace_s``, then ``on_stop`` (close clients,
+    flush). ``on_ready`` runs once the signal handlers are in place (announce readiness there,
+    so a caller that signals at once is handled); ``on_signal`` is told each signal received
+    (a parent passes it on to its workers)."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def received(sig: int) -> None:
+        if on_signal is not None:
+            on_signal(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, received, sig)
     if on_ready is not None:
         on_ready()
     monitor.start()

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
-import ctypes.util
 import importlib.util
 import logging
 import os
@@ -44,7 +42,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +53,7 @@ import httpx
 
 from quorum.errors import FailedPrecondition, Unavailable
 from quorum.ids import free_ports
-from quorum.signals import StopSignals
+from quorum.signals import StopSignals, parent_death_signal
 
 __all__ = [
     "TritonOptions",
@@ -74,7 +72,6 @@ SHM_DIR = Path("/dev/shm")  # noqa: S108  (where POSIX shm_open puts its files)
 _LOG_TAIL_LINES = 20
 _TMP_PREFIX = "quorum-triton-"
 _SHM_PREFIX = "quorum"
-_PR_SET_PDEATHSIG = 1
 
 
 def default_model_repository() -> Path:
@@ -222,33 +219,6 @@ def _names(value: object, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}: a list of model folder names")
     return list(value)
-
-
-def parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn that asks Linux to SIGTERM the child when its parent thread exits.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used when the
-    server is started from the main thread (the main thread exits with the process).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    try:
-        prctl = ctypes.CDLL(libc_name, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the child between fork and exec: keep it minimal
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 def _tail(path: Path | None, lines: int = _LOG_TAIL_LINES, offset: int = 0) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from quorum import config, ids, limits
 from quorum.auth import AuthSettings
 from quorum.errors import InvalidArgument
 from quorum.limits import Limits
-from quorum.metrics import MetricsSettings
+from quorum.metrics import MetricsSettings, split_address
 from quorum.registry import ConfigError, Registry, load_registry
 from quorum.retry import RetryPolicy
 from quorum.server import ServerLimits
@@ -23,6 +24,9 @@ from services.router.completion import Moderation, ModerationPolicy
 from services.router.routing import AutoRouting, auto_routing
 
 log = logging.getLogger(__name__)
+
+#: the most router processes one ``python -m services.router`` serves with
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,23 @@ class RouterSettings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     limits: ServerLimits = field(default_factory=ServerLimits)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: router processes serving ``address`` together (:mod:`quorum.workers`; 1: this one)
+    workers: int = 1
+    #: which of them this process is: 0 the first (it starts the others), else 1..workers-1
+    worker: int = 0
+
+    def for_worker(self, index: int) -> RouterSettings:
+        """The settings of worker ``index`` (1..workers-1): its own usage journal (a journal
+        belongs to one process) and its own scrape endpoint (:func:`worker_metrics`). The
+        first process (0) keeps the configured ones."""
+        if index == 0:
+            return self
+        return replace(
+            self,
+            worker=index,
+            journal_path=worker_journal(self.journal_path, index),
+            metrics=worker_metrics(self.metrics, index),
+        )
 
     @classmethod
     def from_config(
@@ -126,7 +147,9 @@ class RouterSettings:
             tls=TlsSettings.from_config(data, env),
             limits=ServerLimits.from_config(data),
             metrics=MetricsSettings.from_config(data, "router"),
+            workers=workers(data),
         )
+        _check_worker_metrics(data, settings.metrics, settings.workers)
         if settings.auto and settings.auto.classifier and not settings.triton_address:
             raise ConfigError(
                 "routing.classifier: the prompt classifier is served by Triton; set [router] "
@@ -165,3 +188,87 @@ def _no_key_model(routing: Mapping[str, Any], registry: Registry) -> str:
     if name and not registry.models[name].generative:
         raise ConfigError(f"routing.no_key_model: {name!r} is a classifier, not a chat model")
     return name
+
+
+def workers(data: Mapping[str, Any]) -> int:
+    """``[router] workers``: an integer from 1 to :data:`MAX_WORKERS`; more than one on Linux
+    only (where ``SO_REUSEPORT`` spreads connections over the processes and a worker can ask
+    to die with its parent)."""
+    value = config.section(data, "router").get("workers", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f"router.workers: an integer from 1 to {MAX_WORKERS} is required, not {value!r}"
+        )
+    if value > 1 and not sys.platform.startswith("linux"):
+        raise ConfigError(f"router.workers = {value}: several router processes need Linux")
+    return value
+
+
+def worker_journal(journal: Path, index: int) -> Path:
+    """Worker ``index``'s usage journal: ``router-usage-<index>.journal`` beside the first's."""
+    return journal.with_name(f"{journal.stem}-{index}{journal.suffix}")
+
+
+def worker_metrics(metrics: MetricsSettings, index: int) -> MetricsSettings:
+    """Worker ``index``'s scrape endpoint: the configured port plus ``index`` (so the workers
+    of ``127.0.0.1:50081`` serve theirs on 50082, 50083, ...), a free port of its own when
+    the configured one is 0, none when none is configured."""
+    if not metrics.address:
+        return metrics
+    _, port = split_address(metrics.address, "router.metrics_address")
+    if port == 0:
+        return metrics
+    return MetricsSettings(metrics.address.rpartition(":")[0] + f":{port + index}")
+
+
+def _check_worker_metrics(data: Mapping[str, Any], metrics: MetricsSettings, count: int) -> None:
+    """The ports after a fixed ``router.metrics_address`` that the other workers take must be
+    ports, and none another part's in the same configuration (with the embedded defaults a
+    second worker would take the voter's 50082)."""
+    if count == 1 or not metrics.address:
+        return
+    _, port = split_address(metrics.address, "router.metrics_address")
+    if port == 0:
+        return
+    last = port + count - 1
+    if last > 65535:
+        raise ConfigError(
+            f"router.metrics_address: {count} workers serve their metrics on ports {port}-"
+            f"{last}, past 65535; give a lower port, or port 0 (each worker a free one)"
+        )
+    taken = _configured_ports(data)
+    for p in range(port + 1, last + 1):
+        if p in taken:
+            raise ConfigError(
+                f"router.metrics_address: with router.workers = {count} the workers serve "
+                f"their metrics on ports {port}-{last}, and {p} is {taken[p]}'s; give a "
+                f"port with {count - 1} unused after it, or port 0 (each worker a free one)"
+            )
+
+
+#: every port but the router's metrics that the configuration gives a part of the mesh
+_PORT_KEYS = (
+    ("router", "address"),
+    ("voter", "address"),
+    ("voter", "metrics_address"),
+    ("cost", "address"),
+    ("cost", "metrics_address"),
+    ("triton", "http_port"),
+    ("triton", "grpc_port"),
+    ("triton", "metrics_port"),
+    ("simulator", "port"),
+)
+
+
+def _configured_ports(data: Mapping[str, Any]) -> dict[int, str]:
+    """The ports of :data:`_PORT_KEYS` that are set (not 0): "section.key" by port."""
+    out: dict[int, str] = {}
+    for section, key in _PORT_KEYS:
+        table = data.get(section)
+        raw = table.get(key) if isinstance(table, Mapping) else None
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            continue
+        port = str(raw).rpartition(":")[2]
+        if port.isdigit() and int(port):
+            out.setdefault(int(port), f"{section}.{key}")
+    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -23,7 +24,7 @@ from quorum.backends.tritonchat import TritonChat
 from quorum.backends.tritonrouted import TritonRoutedChat
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
-from quorum.registry import Registry, TritonBackend
+from quorum.registry import ConfigError, Registry, TritonBackend
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.server import HealthMonitor, create_server
 from quorum.usage import Meter
@@ -92,6 +93,34 @@ async def local_models(
     return registry.without(reasons) if reasons else registry
 
 
+async def _leftover_journals(settings: RouterSettings, cost: grpc.aio.Channel) -> list[Meter]:
+    """The usage journals of workers beyond ``workers`` (left by a run with more of them),
+    each opened by a meter of its own that sends what it holds to the cost service (the first
+    process does this, so fewer workers lose no usage). One another process holds is left
+    to it."""
+    pattern = re.compile(
+        rf"{re.escape(settings.journal_path.stem)}-(\d+){re.escape(settings.journal_path.suffix)}"
+    )
+    meters = []
+    for path in sorted(settings.journal_path.parent.glob(f"{settings.journal_path.stem}-*")):
+        m = pattern.fullmatch(path.name)
+        if m is None or int(m[1]) < settings.workers:
+            continue
+        meter = Meter(
+            cost_pb2_grpc.CostServiceStub(cost), path, source="router", settings=settings.meter
+        )
+        try:
+            await meter.start()
+        except ConfigError as e:  # in use: that worker is still running (draining)
+            log.warning("not sending what %s holds: %s", path, e)
+            continue
+        if meter.backlog:
+            log.info("sending the %d usage records left in %s", meter.backlog, path)
+        metrics.watch_backlog(meter)
+        meters.append(meter)
+    return meters
+
+
 async def create(
     settings: RouterSettings, *, address: str | None = None
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
@@ -113,6 +142,7 @@ async def create(
     )
     metrics.watch_backlog(meter)
     await meter.start()  # before serving: recovers what a previous process left
+    leftovers = await _leftover_journals(settings, cost_channel) if settings.worker == 0 else []
     await asyncio.to_thread(tokens.warm)
     # one Triton client: the chat models served there (routed_chat too), and the prompt
     # classifier
@@ -186,6 +216,7 @@ async def create(
         auth=settings.auth,
         tls=settings.tls,
         limits=settings.limits,
+        reuse_port=settings.workers > 1,  # the other workers bind this port too
     )
     voter_health = health_pb2_grpc.HealthStub(voter_channel)
 
@@ -204,6 +235,8 @@ async def create(
 
     async def close() -> None:
         await meter.stop()
+        for m in leftovers:
+            await m.stop()
         await http.aclose()
         if triton is not None:
             await triton.close()

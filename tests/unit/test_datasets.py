@@ -34,6 +34,7 @@ def test_public_names() -> None:
         "selfharm",
         "adult",
         "chatspam",
+        "hate",
     )
     assert set(datasets.PACKAGED) | set(datasets.WRITTEN) == set(datasets.NAMES)
 
@@ -159,8 +160,8 @@ def test_subsample_is_nested(labels: list[int], data: st.DataObject) -> None:
 
 
 def test_unknown_name_or_split() -> None:
-    with pytest.raises(ValueError, match=r"'hate'.*toxic, spam, injection, violence"):
-        load("hate", "train")
+    with pytest.raises(ValueError, match=r"'racism'.*toxic, spam, injection, violence"):
+        load("racism", "train")
     with pytest.raises(ValueError, match=r"'validation'.*train, test"):
         load("violence", "validation")
     with pytest.raises(ValueError, match="unknown dataset 'nope'"):

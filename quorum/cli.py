@@ -704,7 +704,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------
 
-EVAL_SETS = ("toxic", "spam", "chatspam", "injection", "violence", "selfharm", "adult")
+EVAL_SETS = ("toxic", "hate", "spam", "chatspam", "injection", "violence", "selfharm", "adult")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,13 +22,14 @@ from services.voter.voting import Pending, Policy, Status, Vote, combine, sure
 
 #: the moderation categories each labelled set (quorum.datasets) is about
 SET_CATEGORIES: Mapping[str, tuple[str, ...]] = {
-    "toxic": ("hate", "harassment"),
+    "toxic": ("harassment",),
     "spam": ("spam",),
     "chatspam": ("spam",),
     "injection": ("injection",),
     "violence": ("violence",),
     "selfharm": ("self_harm",),
     "adult": ("adult",),
+    "hate": ("hate",),
 }
 
 

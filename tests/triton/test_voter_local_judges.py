@@ -118,6 +118,42 @@ async def test_insult_is_flagged_by_profanity_check_not_adult(voter) -> None:
     assert _category(resp.categories, ADULT) < 0.45
 
 
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [  # what a new user tried first, when alt-profanity-check was the only judge
+        ("I'll slit your throat", common_pb2.CATEGORY_VIOLENCE),
+        ("those people are vermin and should be wiped out", common_pb2.CATEGORY_HATE),
+        (
+            "after his shift on friday I'm waiting in the car park with a knife",
+            common_pb2.CATEGORY_VIOLENCE,
+        ),
+    ],
+)
+async def test_threats_and_slur_free_hate_are_unsafe(voter, text: str, category: int) -> None:
+    resp = await _moderate(voter, text)
+    assert not resp.is_safe, resp
+    assert votes_ok(resp)
+    name = common_pb2.Category.Name(category).removeprefix("CATEGORY_").lower()
+    assert any(r.startswith("flagged: ") and name in r for r in resp.reasons), resp.reasons
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the exterminator says the vermin in the barn should be wiped out by spring",
+        "I absolutely killed it at the gym this morning",
+    ],
+)
+async def test_the_same_words_in_harmless_texts_are_safe(voter, text: str) -> None:
+    resp = await _moderate(voter, text)
+    assert resp.is_safe, resp
+    assert votes_ok(resp)
+
+
+def votes_ok(resp) -> bool:
+    return len(resp.votes) == 4 and all(v.status == voter_pb2.VOTE_STATUS_OK for v in resp.votes)
+
+
 async def test_polite_text_is_safe_with_every_vote(voter) -> None:
     resp = await _moderate(voter, POLITE)
     assert len(resp.votes) == 4

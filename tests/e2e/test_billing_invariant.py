@@ -20,6 +20,7 @@ from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.usage import replay
+from tests.integration.inproc import BILLED_SIM_CHAT
 
 pytestmark = [pytest.mark.e2e]
 
@@ -28,7 +29,8 @@ CONCURRENCY = 16
 COST_KILLS_AT = (400, 900, 1500)
 ROUTER_KILL_AT = 1200
 
-CONFIG = """
+CONFIG = (
+    """
 [registry]
 default_model = "sim-chat"
 
@@ -42,17 +44,10 @@ retry_interval_s = 0.2
 [cost]
 address = "127.0.0.1:{cost_port}"
 
-# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
-# kept out of spend and budgets)
-[providers.sim]
-base_url = "{url}"
-
-[models.sim-chat]
-provider = "sim"
-input_per_mtok = "2.00"
-output_per_mtok = "8.00"
-tasks = ["chat"]
 """
+    + BILLED_SIM_CHAT
+    + """"""
+)
 
 
 class Load:

@@ -48,7 +48,7 @@ from services.router.config import RouterSettings
 from services.voter import server as voter_server
 from services.voter.config import VoterSettings
 from tests.conftest import ServiceProcess
-from tests.integration.inproc import mesh_config, start, stop
+from tests.integration.inproc import BILLED_SIM_CHAT, mesh_config, start, stop
 
 pytestmark = [pytest.mark.e2e]
 
@@ -173,7 +173,8 @@ DEADLINE_MARGIN_S = 0.25
 #: a call the dead voter fails is answered at once, not at the end of its moderation share
 FAIL_FAST_S = 1.0
 
-PROCESS_CONFIG = """
+PROCESS_CONFIG = (
+    """
 [registry]
 default_model = "sim-chat"
 
@@ -200,23 +201,16 @@ unbudgeted_cache_s = 0
 [cost]
 address = "127.0.0.1:{cost_port}"
 
-# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
-# kept out of spend and budgets)
-[providers.sim]
-base_url = "{url}"
-
-[models.sim-chat]
-provider = "sim"
-input_per_mtok = "2.00"
-output_per_mtok = "8.00"
-tasks = ["chat"]
-
+"""
+    + BILLED_SIM_CHAT
+    + """
 [models.sim-judge]
 provider = "sim"
 input_per_mtok = "0.10"
 output_per_mtok = "0.40"
 moderation = {{ weight = 1.0, categories = ["violence", "adult", "hate", "spam", "harassment"] }}
 """
+)
 
 
 @dataclass(frozen=True)

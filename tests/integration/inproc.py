@@ -20,6 +20,7 @@ from quorum.ids import free_ports
 from quorum.router.v1 import router_pb2_grpc
 
 __all__ = [
+    "BILLED_SIM_CHAT",
     "Stubs",
     "cost_and_router",
     "error_info",
@@ -32,6 +33,20 @@ __all__ = [
     "stop",
     "wait_for_recorded",
 ]
+
+#: configuration (a format string: ``url``, the simulator's) for a provider on the simulator that
+#: stands in for a real, billed one (a ``simulated = true`` one's calls are kept out of spend
+#: and budgets), and one chat model on it, sim-chat
+BILLED_SIM_CHAT = """
+[providers.sim]
+base_url = "{url}"
+
+[models.sim-chat]
+provider = "sim"
+input_per_mtok = "2.00"
+output_per_mtok = "8.00"
+tasks = ["chat"]
+"""
 
 
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:

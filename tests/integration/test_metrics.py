@@ -21,9 +21,11 @@ from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.voter.v1 import voter_pb2
 from tests.conftest import ServiceProcess
+from tests.integration.inproc import BILLED_SIM_CHAT
 from tests.otlp_receiver import OtlpReceiver
 
-CONFIG = """
+CONFIG = (
+    """
 [registry]
 default_model = "sim-chat"
 
@@ -33,23 +35,16 @@ moderation = "input"
 [usage]
 retry_interval_s = 0.2
 
-# the simulator stands in for a real, billed provider (a `simulated = true` one's calls are
-# kept out of spend and budgets)
-[providers.sim]
-base_url = "{url}"
-
-[models.sim-chat]
-provider = "sim"
-input_per_mtok = "2.00"
-output_per_mtok = "8.00"
-tasks = ["chat"]
-
+"""
+    + BILLED_SIM_CHAT
+    + """
 [models.sim-judge]
 provider = "sim"
 input_per_mtok = "0.10"
 output_per_mtok = "0.40"
 moderation = {{ weight = 1.0, categories = ["violence", "adult", "hate", "spam", "harassment"] }}
 """
+)
 
 COMPLETE = "quorum.router.v1.RouterService/Complete"
 STREAM = "quorum.router.v1.RouterService/CompleteStream"

@@ -37,25 +37,21 @@ from quorum.router.v1 import router_pb2, router_pb2_grpc
 from quorum.simulator import ProviderSimulator
 from quorum.usage import UsageRecord
 from tests.conftest import ServiceProcess
+from tests.integration.inproc import BILLED_SIM_CHAT
 from tests.otlp_receiver import OtlpReceiver
 
-CONFIG = """
+CONFIG = (
+    """
 [registry]
 default_model = "sim-chat"
 
 [router]
 moderation = "none"
 
-# the simulator stands in for a real, billed provider
-[providers.sim]
-base_url = "{url}"
-
-[models.sim-chat]
-provider = "sim"
-input_per_mtok = "2.00"
-output_per_mtok = "8.00"
-tasks = ["chat"]
 """
+    + BILLED_SIM_CHAT
+    + """"""
+)
 
 COMPLETE = "quorum.router.v1.RouterService/Complete"
 CHANNELS = 40
@@ -327,14 +323,20 @@ def test_a_bad_workers_value_is_a_configuration_error(run_module, value: str) ->
     assert "configuration error: router.workers: an integer from 1 to 64" in result.stderr
 
 
-def test_a_fixed_port_in_use_is_not_shared(config: Path, run_module, tmp_path) -> None:
-    # SO_REUSEPORT would let the first share it with another listener that set it too: the
-    # first checks that nothing listens there before it binds
+@contextlib.contextmanager
+def _held_port() -> Iterator[int]:
+    """A loopback port another socket listens on, with SO_REUSEPORT set."""
     with socket.socket() as held:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         held.bind(("127.0.0.1", 0))
         held.listen()
-        port = held.getsockname()[1]
+        yield held.getsockname()[1]
+
+
+def test_a_fixed_port_in_use_is_not_shared(config: Path, run_module, tmp_path) -> None:
+    # SO_REUSEPORT would let the first share it with another listener that set it too: the
+    # first checks that nothing listens there before it binds
+    with _held_port() as port:
         result = run_module(
             "services.router", "--config", str(config), "--address", f"127.0.0.1:{port}",
             "--set", "router.workers=2", "--set", "router.metrics_address=",
@@ -346,11 +348,7 @@ def test_a_fixed_port_in_use_is_not_shared(config: Path, run_module, tmp_path) -
 
 def test_one_worker_binds_without_so_reuseport(config: Path, run_module, tmp_path) -> None:
     # the default: a port in use is refused even when its listener set SO_REUSEPORT
-    with socket.socket() as held:
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
+    with _held_port() as port:
         result = run_module(
             "services.router", "--config", str(config), "--address", f"127.0.0.1:{port}",
             "--set", "router.metrics_address=",

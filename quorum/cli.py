@@ -646,7 +646,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = config.load(args.config)
     fitted = policy_from(config.load(args.fitted)["voter"]) if args.fitted else None
     try:
-        rows = evalrun.run(data, _eval_options(args), fitted)
+        if args.cross_fit:
+            rows = evalrun.run_cross(data, _eval_options(args))
+        else:
+            rows = evalrun.run(data, _eval_options(args), fitted)
     except (datasets.FetchError, datasets.DatasetNotFetched, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -654,10 +657,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_json() for r in rows], indent=2))
     else:
         limit = f"from at most {2 * args.limit} texts a set" if args.limit else "every text"
-        print(
-            f"the evaluation half of the held-out test splits ({limit}); "
-            "label 1 = should be flagged"
+        which = (
+            "both halves of the held-out test splits, each half's fitted rows fitted on the other"
+            if args.cross_fit
+            else "the evaluation half of the held-out test splits"
         )
+        print(f"{which} ({limit}); label 1 = should be flagged")
         print(format_table(rows))
     return 0
 
@@ -836,7 +841,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--simulated", action="store_true", help="add a simulated remote LLM judge")
     e.add_argument("--concurrency", type=int, default=16)
     e.add_argument("--json", action="store_true", help="the rows as JSON")
-    e.add_argument("--fitted", help="a policy file from `quorum voter fit` (adds its row)")
+    how = e.add_mutually_exclusive_group()
+    how.add_argument("--fitted", help="a policy file from `quorum voter fit` (adds its row)")
+    how.add_argument(
+        "--cross-fit", action="store_true",
+        help="both halves of each test split: fit on each half, score the other (adds the rows)",
+    )  # fmt: skip
 
     voter = sub.add_parser("voter", help="voter tools")
     v = voter.add_subparsers(dest="voter_command", required=True)

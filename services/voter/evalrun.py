@@ -26,7 +26,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from services.voter import fitting
 from services.voter.config import policy_from
 from services.voter.evaluation import (
     SET_CATEGORIES,
+    Ballots,
     Row,
     System,
     cascade,
@@ -80,6 +81,23 @@ class Collected:
     usage: dict[str, TokenUsage] = field(default_factory=dict)
 
 
+def joined(a: Collected, b: Collected) -> Collected:
+    """``a``'s texts then ``b``'s (the same ballot lists, so a ballot keeps its identity)."""
+    usage = {
+        j: TokenUsage(
+            a.usage.get(j, TokenUsage()).input_tokens + b.usage.get(j, TokenUsage()).input_tokens,
+            a.usage.get(j, TokenUsage()).output_tokens + b.usage.get(j, TokenUsage()).output_tokens,
+        )
+        for j in {*a.usage, *b.usage}
+    }
+    return Collected(
+        labels=a.labels + b.labels,
+        ballots=a.ballots + b.ballots,
+        latency_ms={j: a.latency_ms.get(j, []) + b.latency_ms.get(j, []) for j in a.latency_ms},
+        usage=usage,
+    )
+
+
 async def collect(
     judges: Mapping[str, Judge],
     texts: Sequence[str],
@@ -90,6 +108,8 @@ async def collect(
 ) -> Collected:
     out = Collected(labels=list(labels))
     out.ballots = [[] for _ in texts]
+    # by text, in the order of ``texts``: an ensemble's latency is its slowest judge's
+    out.latency_ms = {name: [0.0] * len(texts) for name in judges}
     gate = asyncio.Semaphore(concurrency)
 
     async def one_judge(name: str, judge: Judge, i: int, text: str) -> Vote:
@@ -108,7 +128,7 @@ async def collect(
                 u.input_tokens + result.usage.input_tokens,
                 u.output_tokens + result.usage.output_tokens,
             )
-        out.latency_ms.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+        out.latency_ms[name][i] = (time.perf_counter() - t0) * 1000
         return vote
 
     async def one_text(i: int, text: str) -> None:
@@ -121,10 +141,23 @@ async def collect(
     return out
 
 
+#: a fitted policy: one for every text, or one for each text (cross-fitting: each half of a set
+#: is scored by the policy fitted on the other half)
+Fitted = Policy | Callable[[Ballots], Policy]
+
+
+def policy_per_text(make: Callable[[Policy], Callable[[Ballots], bool]], fitted: Fitted) -> System:
+    """``make(policy)``, with the policy ``fitted`` gives each text."""
+    if isinstance(fitted, Policy):
+        return make(fitted)
+    chosen = fitted
+    return lambda votes: make(chosen(votes))(votes)
+
+
 def systems(
     judges: Sequence[str],
     policy: Policy,
-    fitted: Policy | None,
+    fitted: Fitted | None,
 ) -> list[tuple[str, System, tuple[str, ...]]]:
     """(name, system, the judges it asks) for every row of a set."""
     rows: list[tuple[str, System, tuple[str, ...]]] = [(j, single(j), (j,)) for j in judges]
@@ -132,7 +165,7 @@ def systems(
     rows.append(("ensemble (configured weights)", ensemble(policy), everyone))
     rows.append(("ensemble (equal weights)", ensemble(policy, weights={}), everyone))
     if fitted is not None:
-        rows.append(("ensemble (fitted)", ensemble(fitted), everyone))
+        rows.append(("ensemble (fitted)", policy_per_text(ensemble, fitted), everyone))
     return rows
 
 
@@ -153,7 +186,7 @@ def rows_for(
     registry: Registry,
     policy: Policy,
     *,
-    fitted: Policy | None = None,
+    fitted: Fitted | None = None,
 ) -> list[Row]:
     judges = [v.model for v in got.ballots[0]] if got.ballots else []
     n = len(got.labels)
@@ -204,7 +237,7 @@ def _cascade_row(
     system: str,
     dataset: str,
     got: Collected,
-    policy: Policy,
+    policy: Fitted,
     *,
     local: frozenset[str],
     pending: Sequence[Pending],
@@ -212,7 +245,7 @@ def _cascade_row(
 ) -> Row:
     """The cascade, replayed over the same votes: the local judges' latency, plus the remote
     ones' (``pending``) for the texts it escalates (asked one after the other)."""
-    asks = escalated(policy, local, pending)
+    asks = policy_per_text(lambda p: escalated(p, local, pending), policy)
     up = [asks(b) for b in got.ballots]
     remote = [p.model for p in pending]
     per_text = []
@@ -224,10 +257,11 @@ def _cascade_row(
     p50, p99 = latency(per_text)
     rate = sum(up) / len(up) if up else 0.0
     simulated = "; simulated judge" if SIMULATED_JUDGE in remote else ""
+    replayed = policy_per_text(lambda p: cascade(p, local, pending), policy)
     return Row(
         system=system,
         dataset=dataset,
-        scores=confusion(got.labels, [cascade(policy, local, pending)(b) for b in got.ballots]),
+        scores=confusion(got.labels, [replayed(b) for b in got.ballots]),
         p50_ms=p50,
         p99_ms=p99,
         cost_per_1k=sum(cost[j] for j in local) + rate * sum(cost[j] for j in remote),
@@ -321,21 +355,52 @@ async def evaluate(data: dict[str, Any], opts: Options, fitted: Policy | None = 
     return rows
 
 
+def _examples(sets: Mapping[str, Collected]) -> list[fitting.Example]:
+    return [
+        fitting.Example(name, y, b)
+        for name, got in sets.items()
+        for y, b in zip(got.labels, got.ballots, strict=True)
+    ]
+
+
+def _fit(judges: Mapping[str, Judge], sets: Mapping[str, Collected], base: Policy) -> fitting.Fit:
+    cats = {
+        n: tuple(j.spec.moderation.categories) if j.spec.moderation else ()
+        for n, j in judges.items()
+    }
+    local = [n for n, j in judges.items() if isinstance(j.spec.backend, TritonBackend)]
+    return fitting.fit(_examples(sets), cats, base, local)
+
+
 async def fit_on_train(data: dict[str, Any], opts: Options) -> fitting.Fit:
     base = policy_from(data.get("voter", {}))
-    examples: list[fitting.Example] = []
     assert opts.triton_address is not None
     async with _judges(data, opts.triton_address, opts.simulated) as (judges, _):
-        async for name, got in _collect_sets(judges, opts, "fit"):
-            examples += [
-                fitting.Example(name, y, b) for y, b in zip(got.labels, got.ballots, strict=True)
-            ]
-        cats = {
-            n: tuple(j.spec.moderation.categories) if j.spec.moderation else ()
-            for n, j in judges.items()
+        sets = {name: got async for name, got in _collect_sets(judges, opts, "fit")}
+        return _fit(judges, sets, base)
+
+
+async def cross_evaluate(data: dict[str, Any], opts: Options) -> list[Row]:
+    """Every judge and ensemble on both halves of the test splits. The fitted rows score each
+    half with the policy fitted on the other (two fits, each on texts the other scores), so
+    every text is held out from the fit that judges it and each set counts twice the texts
+    that :func:`evaluate` reports on."""
+    policy = policy_from(data.get("voter", {}))
+    rows: list[Row] = []
+    assert opts.triton_address is not None
+    async with _judges(data, opts.triton_address, opts.simulated) as (judges, registry):
+        halves = {
+            part: {name: got async for name, got in _collect_sets(judges, opts, part)}
+            for part in HALVES
         }
-        local = [n for n, j in judges.items() if isinstance(j.spec.backend, TritonBackend)]
-    return fitting.fit(examples, cats, base, local)
+        fitted_on = {part: _fit(judges, halves[part], policy).policy(policy) for part in HALVES}
+    for name in opts.sets:
+        scored, other = halves["eval"][name], halves["fit"][name]
+        chosen = {id(b): fitted_on["fit"] for b in scored.ballots}
+        chosen |= {id(b): fitted_on["eval"] for b in other.ballots}
+        both = joined(scored, other)
+        rows += rows_for(name, both, registry, policy, fitted=lambda b, c=chosen: c[id(b)])
+    return rows
 
 
 @contextlib.contextmanager
@@ -356,6 +421,12 @@ def run(data: dict[str, Any], opts: Options, fitted: Policy | None = None) -> li
     """Every judge and ensemble on the evaluation half of the test splits."""
     with _prepared(opts) as ready:
         return asyncio.run(evaluate(data, ready, fitted))
+
+
+def run_cross(data: dict[str, Any], opts: Options) -> list[Row]:
+    """Every judge and ensemble on both halves of the test splits, cross-fitted."""
+    with _prepared(opts) as ready:
+        return asyncio.run(cross_evaluate(data, ready))
 
 
 def run_fit(data: dict[str, Any], opts: Options) -> fitting.Fit:

@@ -42,3 +42,19 @@ def test_eval_with_a_simulated_remote_judge_adds_the_cascades(run_module, tmp_pa
         assert "asked the remote judges for" in row["notes"] and "simulated" in row["notes"]
         # it pays the remote judges only for the texts it sends on
         assert 0 <= row["cost_per_1k"] <= panel["cost_per_1k"]
+
+
+def test_eval_cross_fitted_reports_on_both_halves(run_module, tmp_path):
+    done = run_module(
+        "quorum.cli", "eval", "--sets", "violence", "--limit", "30", "--json", "--cross-fit",
+        env={"QUORUM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = {r["system"]: r for r in json.loads(done.stdout)}
+    assert {r["scores"]["n"] for r in rows.values()} == {60}  # both halves of 60 texts
+    assert "ensemble (fitted)" in rows
+    refused = run_module(
+        "quorum.cli", "eval", "--cross-fit", "--fitted", "x.toml",
+        env={"QUORUM_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert refused.returncode == 2 and "not allowed with" in refused.stderr

@@ -61,3 +61,58 @@ def test_the_cascade_replayed_over_votes_escalates_only_unsure_texts():
     assert not asks(sure_text) and asks(unsure_text)
     assert cascade(policy, local)(sure_text) is False  # the local judge alone: safe
     assert cascade(policy, local)(unsure_text) is True  # the whole panel flags spam
+
+
+# --- the evaluation run's pure parts: votes collected, halves joined, cross-fitted rows -------
+
+
+class _Judge:
+    """A judge whose answer to a text takes ``delays[text]`` seconds."""
+
+    def __init__(self, name: str, delays: dict[str, float]) -> None:
+        self.name, self.delays = name, delays
+
+    async def judge(self, text: str, **_: object):
+        import asyncio
+        from types import SimpleNamespace
+
+        from quorum.backends.types import TokenUsage
+
+        await asyncio.sleep(self.delays[text])
+        return SimpleNamespace(vote=vote(self.name, True), usage=TokenUsage(3, 1))
+
+
+async def test_collect_keeps_each_latency_with_its_text():
+    from services.voter.evalrun import collect
+
+    judges = {"a": _Judge("a", {"slow": 0.2, "fast": 0.0})}
+    got = await collect(judges, ["slow", "fast"], [1, 0], concurrency=2, timeout_s=5.0)
+    slow, fast = got.latency_ms["a"]
+    assert slow > 150 > fast  # the fast text answered first, and is still second
+    assert got.usage["a"].input_tokens == 6
+
+
+def test_cross_fitted_rows_score_each_half_with_the_other_halfs_policy():
+    from quorum import config
+    from quorum.registry import load_registry
+    from services.voter.evalrun import Collected, joined, rows_for
+
+    registry = load_registry(config.load(env={}))
+
+    def half(n: int) -> Collected:  # every text: one judge says unsafe, one safe; all positive
+        ballots = [[vote("profanity-check", False), vote("nsfw-check", True)] for _ in range(n)]
+        latency = {"profanity-check": [1.0] * n, "nsfw-check": [2.0] * n}
+        return Collected(labels=[1] * n, ballots=ballots, latency_ms=latency)
+
+    a, b = half(3), half(5)
+    strict, lenient = Policy(vote_threshold=0.9), Policy(vote_threshold=0.1)
+    chosen = {id(x): strict for x in a.ballots} | {id(x): lenient for x in b.ballots}
+    both = joined(a, b)
+    rows = {
+        r.system: r
+        for r in rows_for("toxic", both, registry, Policy(), fitted=lambda x: chosen[id(x)])
+    }
+    fitted = rows["ensemble (fitted)"]
+    assert fitted.scores.n == 8
+    assert (fitted.scores.tp, fitted.scores.fn) == (3, 5)  # flagged under the strict one only
+    assert rows["ensemble (equal weights)"].p50_ms == 2.0  # the slowest judge, text by text

@@ -525,7 +525,9 @@ def _print_mesh(mesh: Mesh, took_s: float) -> None:
             print(f"  {name:<10} {mesh.addresses[name]:<16}{scrape}")
             if name == "router" and mesh.router_workers > 1:
                 n = mesh.router_workers
-                others = f" (workers 1-{n - 1}: metrics on the next ports)" if scrape else ""
+                who = "worker 1" if n == 2 else f"workers 1-{n - 1}"
+                port = "port" if n == 2 else f"{n - 1} ports"
+                others = f" ({who}: metrics on the next {port})" if scrape else ""
                 print(f"  {'':<10} {n} processes on that port{others}")
     print(f"  logs       {mesh.log_dir.resolve()}")
     if mesh.simulated_models:

@@ -57,7 +57,7 @@ async def test_scores_only_its_own_categories_on_its_own_model() -> None:
     assert scorer.models == ["nsfw_check"]
     profanity, scorer = judge("profanity-check", 0.9)
     result = await profanity.judge("x", timeout_s=1, usage_key="k", tenant="acme")
-    assert set(result.vote.categories) == {"harassment", "hate"}
+    assert set(result.vote.categories) == {"harassment"}
     assert scorer.models == ["profanity_check"]
 
 

@@ -219,10 +219,16 @@ def _start_provider() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/v1"
 
 
-def _start_floor(provider_url: str) -> tuple[subprocess.Popen[bytes], str]:
-    """bench/grpcfloor.py (a bare grpc.aio forwarder) on a free port: (process, address)."""
-    proc, port = _start_script("grpcfloor.py", "--provider", provider_url)
-    return proc, f"127.0.0.1:{port}"
+@contextlib.asynccontextmanager
+async def _floor(provider_url: str) -> AsyncIterator[str]:
+    """bench/grpcfloor.py (a bare grpc.aio forwarder) on a free port, while in use: its
+    address."""
+    proc, port = await asyncio.to_thread(_start_script, "grpcfloor.py", "--provider", provider_url)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _start_litellm(
@@ -285,8 +291,8 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
     provider = addresses["provider"]
     direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
-    floor, floor_address = await asyncio.to_thread(_start_floor, provider)
     async with (
+        _floor(provider) as floor_address,
         provider_client(max_connections=args.concurrency, max_keepalive_connections=64) as http,
         grpc.aio.insecure_channel(addresses["router"]) as channel,
         grpc.aio.insecure_channel(floor_address) as floor_channel,
@@ -340,8 +346,6 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
             print(_row(f"LiteLLM proxy {LITELLM_VERSION}, {workers} worker(s)", ms, rate))
             for label in ("router Complete, moderation off", "router Complete, input moderation"):
                 print(f"  {label}: {rates[label] / max(rate, 1):.1f}x LiteLLM's requests/s")
-    floor.terminate()
-    floor.wait(10)
 
 
 def main() -> None:

@@ -29,6 +29,14 @@ class TokenUsage:
     #: the part of ``input_tokens`` the provider served from its prompt cache
     cached_input_tokens: int = 0
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        """Both calls' tokens together."""
+        return TokenUsage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+        )
+
 
 @dataclass(frozen=True)
 class Routed:

@@ -84,11 +84,7 @@ class Collected:
 def joined(a: Collected, b: Collected) -> Collected:
     """``a``'s texts then ``b``'s (the same ballot lists, so a ballot keeps its identity)."""
     usage = {
-        j: TokenUsage(
-            a.usage.get(j, TokenUsage()).input_tokens + b.usage.get(j, TokenUsage()).input_tokens,
-            a.usage.get(j, TokenUsage()).output_tokens + b.usage.get(j, TokenUsage()).output_tokens,
-        )
-        for j in {*a.usage, *b.usage}
+        j: a.usage.get(j, TokenUsage()) + b.usage.get(j, TokenUsage()) for j in {*a.usage, *b.usage}
     }
     return Collected(
         labels=a.labels + b.labels,
@@ -123,11 +119,7 @@ async def collect(
             vote = Vote(name, 1.0, Status.ERROR, error=type(e).__name__)
         else:
             vote = result.vote
-            u = out.usage.get(name, TokenUsage())
-            out.usage[name] = TokenUsage(
-                u.input_tokens + result.usage.input_tokens,
-                u.output_tokens + result.usage.output_tokens,
-            )
+            out.usage[name] = out.usage.get(name, TokenUsage()) + result.usage
         out.latency_ms[name][i] = (time.perf_counter() - t0) * 1000
         return vote
 

@@ -304,7 +304,7 @@ async def test_a_batch_answers_within_its_deadline_each_text_failing_alone(voter
     abstains, and each text reports what Moderate would have failed with (no quorum), in an
     answer that comes before the deadline."""
     # 256 texts of ~45 tokens through the MiniLM judge take seconds of CPU: far past 0.8 s,
-    # whose judges get 0.495 s (the rest is the margin for answering)
+    # whose judges get 0.24 s (the rest is the margin for answering)
     texts = [f"{POLITE} {POLITE} {POLITE} {i}" for i in range(256)]
     start = time.monotonic()
     # an answer after the deadline would fail the call here with DEADLINE_EXCEEDED

@@ -14,8 +14,8 @@ and caps throughput near 150 requests/s here). ``--provider simulator`` uses the
 Then:
 
 1. **Overhead**, one request at a time: the same chat completion sent straight to the
-   provider over HTTP (with the client the router sends with: httpx over aiohttp,
-   ``quorum.backends.transport``) and through the router's ``Complete``
+   provider over HTTP (with the client the router sends with,
+   ``quorum.backends.transport.ProviderClient``) and through the router's ``Complete``
    (generated stub), with moderation off and with input moderation (every local judge on
    Triton), and through ``bench/grpcfloor.py``, a bare grpc.aio server that only forwards
    ``Complete`` to the provider with the same client (no routing, usage, telemetry, auth):
@@ -59,8 +59,9 @@ from pathlib import Path
 import grpc
 import httpx
 from bench_mesh import start_quorum_up, stop
+from grpcfloor import post_json
 
-from quorum.backends.transport import provider_client
+from quorum.backends.transport import ProviderClient
 from quorum.common.v1 import common_pb2
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.ids import free_ports
@@ -116,11 +117,9 @@ async def _saturated(call: Call, concurrency: int, seconds: float) -> tuple[int,
     return round(len(latencies) / (time.perf_counter() - t0)), latencies
 
 
-def _http(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> Call:
+def _http(client: ProviderClient, url: str, body: dict[str, object]) -> Call:
     async def call() -> object:
-        r = await client.post(url, json=body, timeout=30)
-        r.raise_for_status()
-        return r
+        return await post_json(client, url, body)
 
     return call
 
@@ -293,7 +292,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
     async with (
         _floor(provider) as floor_address,
-        provider_client(max_connections=args.concurrency, max_keepalive_connections=64) as http,
+        ProviderClient(max_connections=args.concurrency) as http,
         grpc.aio.insecure_channel(addresses["router"]) as channel,
         grpc.aio.insecure_channel(floor_address) as floor_channel,
     ):

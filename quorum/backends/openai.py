@@ -1,9 +1,9 @@
 """Adapter for OpenAI-compatible chat-completions endpoints (unary and SSE streaming).
 
-The caller injects one long-lived ``httpx.AsyncClient`` and the environment mapping the API
-keys are read from (by ``provider.api_key_env``). Every call takes an explicit ``timeout_s``
-that bounds the whole call -- for streams, the whole stream -- and sets explicit httpx
-connect/read/write/pool timeouts. Retries are the caller's business (see
+The caller injects one long-lived :class:`~quorum.backends.transport.ProviderClient` and the
+environment mapping the API keys are read from (by ``provider.api_key_env``). Every call takes
+an explicit ``timeout_s`` that bounds the whole call -- for streams, the whole stream -- and
+sets the client's connect and read timeouts from it. Retries are the caller's business (see
 :func:`parse_retry_after` and ``ResourceExhausted.retry_after``).
 
 Errors are :mod:`quorum.errors` only, with messages written here that name the provider, the
@@ -36,8 +36,7 @@ The part of the input served from the provider's prompt cache is read from
 ``usage.prompt_tokens_details.cached_tokens`` (OpenAI's field) or, without it, DeepSeek's
 ``usage.prompt_cache_hit_tokens``; it is never more than ``prompt_tokens``.
 Each call is one CLIENT span ``chat <provider_model>`` with the OpenTelemetry GenAI attributes;
-the W3C trace context is injected into the request headers explicitly, so it reaches the
-provider whether or not httpx auto-instrumentation is on.
+the W3C trace context is injected into the request headers, so it reaches the provider.
 """
 
 from __future__ import annotations
@@ -52,10 +51,18 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
+from quorum.backends.transport import (
+    BadURL,
+    ConnectError,
+    ProviderClient,
+    ProviderResponse,
+    Timeout,
+    TransportError,
+    Undecodable,
+)
 from quorum.backends.types import ChatChunk, ChatRequest, ChatResult, TokenUsage
 from quorum.errors import (
     DeadlineExceeded,
@@ -113,10 +120,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, delta) if math.isfinite(delta) else None
 
 
-def _http_timeout(timeout_s: float) -> httpx.Timeout:
-    t = max(timeout_s, 0.001)
-    cap = min(t, CONNECT_TIMEOUT_CAP_S)
-    return httpx.Timeout(connect=cap, read=t, write=t, pool=cap)
+def _body(payload: dict[str, Any]) -> bytes:
+    """The request's JSON, compact and UTF-8 (non-ASCII text as itself)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 class OpenAIChat:
@@ -132,7 +138,7 @@ class OpenAIChat:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: ProviderClient,
         env: Mapping[str, str],
         *,
         tracer_provider: TracerProvider | None = None,
@@ -240,26 +246,25 @@ class OpenAIChat:
         payload: dict[str, Any],
         timeout_s: float,
         deadline: float,
-    ) -> httpx.Response:
-        """Send the request and return the streaming response (caller closes it)."""
+    ) -> ProviderResponse:
+        """Send the request and return the response, its body unread (caller closes it)."""
         if timeout_s <= 0:
             raise call.error(DeadlineExceeded, "no time left for the call", "NO_TIME_LEFT")
-        try:
-            req = self._client.build_request(
-                "POST", call.url, json=payload, headers=headers, timeout=_http_timeout(timeout_s)
-            )
-        except httpx.InvalidURL:
-            raise call.error(
-                FailedPrecondition, "the provider base_url is invalid", "PROVIDER_MISCONFIGURED"
-            ) from None
+        t = max(timeout_s, 0.001)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._client.send(req, stream=True)
+                return await self._client.post(
+                    call.url,
+                    _body(payload),
+                    headers,
+                    connect_s=min(t, CONNECT_TIMEOUT_CAP_S),
+                    read_s=t,
+                )
         except TimeoutError:
             raise call.error(
                 DeadlineExceeded, f"no response within {timeout_s:g}s", "PROVIDER_TIMEOUT"
             ) from None
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise call.transport_error(exc, timeout_s) from None
 
     async def _complete(
@@ -289,7 +294,7 @@ class OpenAIChat:
                 raise call.error(
                     DeadlineExceeded, f"no full response within {timeout_s:g}s", "PROVIDER_TIMEOUT"
                 ) from None
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 raise call.transport_error(exc, timeout_s) from None
         finally:
             await response.aclose()
@@ -304,7 +309,7 @@ class OpenAIChat:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         span = self._start_span(call, request)
-        response: httpx.Response | None = None
+        response: ProviderResponse | None = None
         try:
             propagate.inject(headers, context=trace.set_span_in_context(span))
             with trace.use_span(span, record_exception=False, set_status_on_exception=False):
@@ -335,9 +340,9 @@ class OpenAIChat:
                         f"stream not finished within {timeout_s:g}s",
                         "PROVIDER_TIMEOUT",
                     ) from None
-                except httpx.TimeoutException as exc:
+                except Timeout as exc:
                     raise call.transport_error(exc, timeout_s) from None
-                except httpx.HTTPError as exc:
+                except TransportError as exc:
                     raise call.interrupted(type(exc).__name__) from None
                 total += len(data)
                 if total > MAX_STREAM_BYTES:
@@ -418,23 +423,23 @@ class _Call:
     def interrupted(self, what: str) -> QuorumError:
         return self.error(Unavailable, f"stream interrupted ({what})", "STREAM_INTERRUPTED")
 
-    def transport_error(self, exc: httpx.HTTPError, timeout_s: float) -> QuorumError:
+    def transport_error(self, exc: TransportError, timeout_s: float) -> QuorumError:
         name = type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, Timeout):
             return self.error(
                 DeadlineExceeded, f"timed out ({name}, budget {timeout_s:g}s)", "PROVIDER_TIMEOUT"
             )
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, ConnectError):
             return self.error(Unavailable, f"cannot connect ({name})", "PROVIDER_UNREACHABLE")
-        if isinstance(exc, httpx.UnsupportedProtocol):
+        if isinstance(exc, BadURL):
             return self.error(
                 FailedPrecondition, "the provider base_url is invalid", "PROVIDER_MISCONFIGURED"
             )
-        if isinstance(exc, httpx.DecodingError):
+        if isinstance(exc, Undecodable):
             return self.bad_response(f"undecodable body ({name})")
         return self.error(Unavailable, f"connection failed ({name})", "PROVIDER_CONNECTION_ERROR")
 
-    def status_error(self, response: httpx.Response) -> QuorumError:
+    def status_error(self, response: ProviderResponse) -> QuorumError:
         """Map a non-200 status; the body is deliberately never read."""
         code = response.status_code
         if code == 429:
@@ -478,7 +483,7 @@ CONTEXT_CODES = frozenset(
 MAX_ERROR_BODY_BYTES = 16 * 1024
 
 
-async def _status_error(call: _Call, response: httpx.Response, deadline: float) -> QuorumError:
+async def _status_error(call: _Call, response: ProviderResponse, deadline: float) -> QuorumError:
     """:meth:`_Call.status_error`, except that a refused request (400, 413, 422) whose body
     names a context-overflow code is CONTEXT_LENGTH_EXCEEDED. Only the code is read from
     the body (cut to safe characters); its message, which may echo anything, never is."""
@@ -493,7 +498,7 @@ async def _status_error(call: _Call, response: httpx.Response, deadline: float) 
     return call.status_error(response)
 
 
-async def _error_code(response: httpx.Response, deadline: float) -> str:
+async def _error_code(response: ProviderResponse, deadline: float) -> str:
     body = bytearray()
     try:
         async with asyncio.timeout_at(deadline):
@@ -502,7 +507,7 @@ async def _error_code(response: httpx.Response, deadline: float) -> str:
                 if len(body) > MAX_ERROR_BODY_BYTES:
                     return ""
         err = json.loads(bytes(body)).get("error")
-    except (TimeoutError, httpx.HTTPError, ValueError, AttributeError):
+    except (TimeoutError, TransportError, ValueError, AttributeError):
         return ""
     if not isinstance(err, dict):
         return ""

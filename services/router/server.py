@@ -18,7 +18,7 @@ from tritonclient.grpc import aio as triton_aio
 from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.chat import Chats
 from quorum.backends.openai import OpenAIChat
-from quorum.backends.transport import provider_client
+from quorum.backends.transport import ProviderClient
 from quorum.backends.triton import TritonScorer
 from quorum.backends.tritonchat import TritonChat
 from quorum.backends.tritonrouted import TritonRoutedChat
@@ -126,7 +126,7 @@ async def create(
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
     # before anything is opened: a refused address leaves nothing to close
     settings.auth.check_bind(address or settings.address, "[router] address")
-    http = provider_client(max_connections=200, max_keepalive_connections=50)
+    http = ProviderClient(max_connections=200)
     voter_channel = channels.connect(
         settings.voter_address, settings.auth.service_token, settings.tls
     )

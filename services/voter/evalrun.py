@@ -36,7 +36,7 @@ from tritonclient.grpc import aio as triton_aio
 
 from quorum import datasets
 from quorum.backends.openai import OpenAIChat
-from quorum.backends.transport import provider_client
+from quorum.backends.transport import ProviderClient
 from quorum.backends.triton import TritonScorer
 from quorum.backends.types import TokenUsage
 from quorum.cost.v1 import cost_pb2_grpc
@@ -280,9 +280,7 @@ async def _judges(
         registry = load_registry(data).resolve_keys({})  # remote judges only if simulated
         triton = triton_aio.InferenceServerClient(url=triton_address)
         stack.push_async_callback(triton.close)
-        http = await stack.enter_async_context(
-            provider_client(max_connections=100, max_keepalive_connections=20)
-        )
+        http = await stack.enter_async_context(ProviderClient(max_connections=100))
         channel = await stack.enter_async_context(grpc.aio.insecure_channel("127.0.0.1:9"))
         journal = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "eval.journal"
         # the simulated judge's calls are billed into a scratch journal, with no budgets

@@ -14,7 +14,7 @@ from tritonclient.grpc import aio as triton_aio
 from quorum import channels, metrics, telemetry, tokens
 from quorum.backends.coalesce import CoalescingScorer
 from quorum.backends.openai import OpenAIChat
-from quorum.backends.transport import provider_client
+from quorum.backends.transport import ProviderClient
 from quorum.cost.v1 import cost_pb2_grpc
 from quorum.limits import RateLimiter
 from quorum.registry import TritonBackend
@@ -34,7 +34,7 @@ async def create(
 ) -> tuple[grpc.aio.Server, int, HealthMonitor, Callable[[], Awaitable[None]]]:
     # before anything is opened: a refused address leaves nothing to close
     settings.auth.check_bind(address or settings.address, "[voter] address")
-    http = provider_client(max_connections=100, max_keepalive_connections=20)
+    http = ProviderClient(max_connections=100)
     triton = triton_aio.InferenceServerClient(url=settings.triton_address)
     cost_channel = channels.connect(
         settings.cost_address, settings.auth.service_token, settings.tls

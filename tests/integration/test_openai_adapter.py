@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 
 from quorum import telemetry
 from quorum.backends.openai import OpenAIChat, parse_retry_after
-from quorum.backends.transport import provider_client
+from quorum.backends.transport import ProviderClient
 from quorum.backends.types import ChatChunk, ChatMessage, ChatRequest, ChatResult, TokenUsage
 from quorum.errors import (
     DeadlineExceeded,
@@ -53,14 +52,14 @@ def sim() -> Iterator[ProviderSimulator]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    # the client the services send with (httpx over aiohttp's pool)
-    async with provider_client(max_connections=100, max_keepalive_connections=20) as c:
+async def client() -> AsyncIterator[ProviderClient]:
+    # the client the services send with
+    async with ProviderClient(max_connections=100) as c:
         yield c
 
 
 @pytest.fixture
-def adapter(client: httpx.AsyncClient) -> OpenAIChat:
+def adapter(client: ProviderClient) -> OpenAIChat:
     return OpenAIChat(client, {KEY_ENV: FAKE_KEY})
 
 
@@ -185,7 +184,7 @@ async def test_judge_mode_round_trip(adapter: OpenAIChat, backend: OpenAIBackend
     assert verdict["categories"]["harassment"] >= 0.5
 
 
-async def test_no_key_env_sends_no_authorization(client: httpx.AsyncClient) -> None:
+async def test_no_key_env_sends_no_authorization(client: ProviderClient) -> None:
     with ProviderSimulator() as open_sim:
         adapter = OpenAIChat(client, {KEY_ENV: FAKE_KEY})
         await adapter.complete(backend_for(open_sim.url, key_env=None), REQUEST, timeout_s=5)
@@ -230,7 +229,7 @@ async def test_http_status_mapping(
 
 
 async def test_real_auth_failure_is_unauthenticated(
-    client: httpx.AsyncClient, backend: OpenAIBackend
+    client: ProviderClient, backend: OpenAIBackend
 ) -> None:
     wrong_key = "sk-test-WRONGKEY-999"
     adapter = OpenAIChat(client, {KEY_ENV: wrong_key})
@@ -293,7 +292,7 @@ async def test_hang_is_bounded_by_timeout(
 
 
 async def test_stream_deadline_is_overall_not_per_read(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
 ) -> None:
     # every token arrives within 50 ms, but the whole answer takes ~2.5 s
     with ProviderSimulator(token_delay_s=0.05) as slow:
@@ -386,7 +385,7 @@ async def test_connection_refused_is_unreachable(adapter: OpenAIChat, streaming:
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 async def test_missing_key_env_is_failed_precondition(
-    client: httpx.AsyncClient, backend: OpenAIBackend, sim: ProviderSimulator, streaming: bool
+    client: ProviderClient, backend: OpenAIBackend, sim: ProviderSimulator, streaming: bool
 ) -> None:
     adapter = OpenAIChat(client, {"SOME_OTHER_VAR": FAKE_KEY})
     with pytest.raises(FailedPrecondition) as info:
@@ -403,7 +402,7 @@ async def test_missing_key_env_is_failed_precondition(
 
 
 async def test_unusable_key_value_is_not_echoed(
-    client: httpx.AsyncClient, backend: OpenAIBackend
+    client: ProviderClient, backend: OpenAIBackend
 ) -> None:
     bad = "sk-test-BAD KEY\nInjected: 1"
     adapter = OpenAIChat(client, {KEY_ENV: bad})
@@ -440,7 +439,7 @@ def assert_no_secrets_in(span: ReadableSpan) -> None:
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 async def test_span_and_traceparent(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     backend: OpenAIBackend,
     sim: ProviderSimulator,
     tracing: tuple[TracerProvider, InMemorySpanExporter],
@@ -485,7 +484,7 @@ async def test_span_and_traceparent(
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["unary", "stream"])
 async def test_content_on_the_span_only_when_the_operator_opts_in(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     backend: OpenAIBackend,
     tracing: tuple[TracerProvider, InMemorySpanExporter],
     streaming: bool,
@@ -517,7 +516,7 @@ async def test_content_on_the_span_only_when_the_operator_opts_in(
 
 
 async def test_the_span_names_the_model_as_the_registry_does(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     backend: OpenAIBackend,
     tracing: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
@@ -541,7 +540,7 @@ def test_capture_content_follows_the_genai_variable() -> None:
 
 
 async def test_error_span(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     backend: OpenAIBackend,
     sim: ProviderSimulator,
     tracing: tuple[TracerProvider, InMemorySpanExporter],
@@ -562,7 +561,7 @@ async def test_error_span(
 
 
 async def test_stream_closed_early_ends_its_span(
-    client: httpx.AsyncClient,
+    client: ProviderClient,
     backend: OpenAIBackend,
     tracing: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:

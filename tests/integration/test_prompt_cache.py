@@ -10,13 +10,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from quorum.backends.openai import OpenAIChat, _Call, _parse_completion
+from quorum.backends.transport import ProviderClient
 from quorum.backends.types import ChatMessage, ChatRequest, TokenUsage
 from quorum.cost.v1 import cost_pb2, cost_pb2_grpc
 from quorum.errors import Unavailable
@@ -43,7 +43,7 @@ async def test_the_adapter_reads_cached_tokens_unary_and_streamed(sim: ProviderS
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    async with httpx.AsyncClient() as client:
+    async with ProviderClient(max_connections=10) as client:
         chat = OpenAIChat(client, {}, tracer_provider=provider)
         first = await chat.complete(backend, request("When do I plant tulips?"), timeout_s=5)
         assert first.usage.cached_input_tokens == 0

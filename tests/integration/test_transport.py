@@ -1,6 +1,7 @@
-"""The provider client's transport (httpx over aiohttp) against real sockets on loopback: what
-the model adapters rely on from httpx, kept (decoding, streaming, timeouts, the exception
-tree). The whole OpenAI adapter suite (test_openai_adapter.py) runs over it as well."""
+"""The provider client (one aiohttp session) against real sockets on loopback: what the model
+adapters rely on (a POST whose answer streams, decoding, timeouts, its error tree, the
+environment's proxy, no cookies kept). The whole OpenAI adapter suite
+(test_openai_adapter.py) runs over it as well."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import gzip
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
 
-from quorum.backends.transport import provider_client
+from quorum import __version__
+from quorum.backends.transport import (
+    BadURL,
+    ConnectError,
+    ConnectionLost,
+    ProviderClient,
+    ProviderResponse,
+    ReadTimeout,
+    Undecodable,
+)
 from quorum.ids import free_ports
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -61,12 +70,26 @@ async def _serve(handler: Handler) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with provider_client(max_connections=4, max_keepalive_connections=4) as c:
+async def client() -> AsyncIterator[ProviderClient]:
+    async with ProviderClient(max_connections=4) as c:
         yield c
 
 
-async def test_a_request_and_its_answer_pass_through_whole(client: httpx.AsyncClient) -> None:
+async def _post(
+    client: ProviderClient,
+    url: str,
+    body: bytes = b"x",
+    headers: dict[str, str] | None = None,
+    read_s: float = 5.0,
+) -> tuple[ProviderResponse, bytes]:
+    r = await client.post(url, body, headers or {}, connect_s=5.0, read_s=read_s)
+    try:
+        return r, b"".join([c async for c in r.aiter_bytes()])
+    finally:
+        await r.aclose()
+
+
+async def test_a_request_and_its_answer_pass_through_whole(client: ProviderClient) -> None:
     seen: list[tuple[str, dict[str, str], bytes]] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -86,18 +109,23 @@ async def test_a_request_and_its_answer_pass_through_whole(client: httpx.AsyncCl
 
     async with _serve(handler) as url:
         for n in (1, 2):
-            r = await client.post(f"{url}/v1/x?q=1", json={"a": n}, headers={"X-Key": "k"})
-            assert r.status_code == 201 and r.reason_phrase == "Created"
-            assert r.json() == {"n": n}  # gzip decoded once, by httpx
-            assert r.headers.get_list("x-thing") == ["a", "b"]
-        line, headers, body = seen[1]
+            body = json.dumps({"a": n}).encode()
+            headers = {"X-Key": "k", "Content-Type": "application/json"}
+            r, got = await _post(client, f"{url}/v1/x?q=1", body, headers)
+            assert r.status_code == 201
+            assert json.loads(got) == {"n": n}  # gzip decoded
+            assert r.headers.get("X-THING") == "a"  # any case; the first of a repeated one
+        assert len(seen) == 2  # one connection, kept alive
+        line, headers, sent = seen[1]
         assert line == "POST /v1/x?q=1 HTTP/1.1"
-        assert json.loads(body) == {"a": 2} and headers["x-key"] == "k"
+        assert json.loads(sent) == {"a": 2} and headers["x-key"] == "k"
         assert headers["content-type"] == "application/json"
         assert headers["host"] == url.removeprefix("http://")
+        assert headers["user-agent"] == f"quorum/{__version__}"
+        assert "gzip" in headers["accept-encoding"]
 
 
-async def test_a_streamed_body_arrives_as_it_is_sent(client: httpx.AsyncClient) -> None:
+async def test_a_streamed_body_arrives_as_it_is_sent(client: ProviderClient) -> None:
     release = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -108,30 +136,34 @@ async def test_a_streamed_body_arrives_as_it_is_sent(client: httpx.AsyncClient) 
         writer.write(b"4\r\nlast\r\n0\r\n\r\n")
         await writer.drain()
 
-    async with _serve(handler) as url, client.stream("POST", url, content=b"{}") as r:
-        chunks = r.aiter_bytes()
-        assert await asyncio.wait_for(anext(chunks), 5) == b"first"  # before the rest
-        release.set()
-        assert [c async for c in chunks] == [b"last"]
+    async with _serve(handler) as url:
+        r = await client.post(url, b"{}", {}, connect_s=5.0, read_s=5.0)
+        try:
+            chunks = r.aiter_bytes()
+            assert await asyncio.wait_for(anext(chunks), 5) == b"first"  # before the rest
+            release.set()
+            assert [c async for c in chunks] == [b"last"]
+        finally:
+            await r.aclose()
 
 
-async def test_nothing_listening_is_a_connect_error(client: httpx.AsyncClient) -> None:
+async def test_nothing_listening_is_a_connect_error(client: ProviderClient) -> None:
     (port,) = free_ports(1)
-    with pytest.raises(httpx.ConnectError):
-        await client.post(f"http://127.0.0.1:{port}/", content=b"x", timeout=5)
+    with pytest.raises(ConnectError):
+        await _post(client, f"http://127.0.0.1:{port}/")
 
 
-async def test_a_silent_server_is_a_read_timeout(client: httpx.AsyncClient) -> None:
+async def test_a_silent_server_is_a_read_timeout(client: ProviderClient) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         await asyncio.sleep(5)
 
     async with _serve(handler) as url:
-        with pytest.raises(httpx.ReadTimeout):
-            await client.post(url, content=b"x", timeout=httpx.Timeout(5, read=0.2))
+        with pytest.raises(ReadTimeout):
+            await _post(client, url, read_s=0.2)
 
 
-async def test_a_body_cut_short_is_a_transport_error(client: httpx.AsyncClient) -> None:
+async def test_a_body_cut_short_is_a_lost_connection(client: ProviderClient) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this")
@@ -139,10 +171,86 @@ async def test_a_body_cut_short_is_a_transport_error(client: httpx.AsyncClient) 
         writer.close()
 
     async with _serve(handler) as url:
-        with pytest.raises(httpx.TransportError):
-            await client.post(url, content=b"x", timeout=5)
+        with pytest.raises(ConnectionLost):
+            await _post(client, url)
 
 
-async def test_a_url_that_is_not_http_is_unsupported(client: httpx.AsyncClient) -> None:
-    with pytest.raises(httpx.UnsupportedProtocol):
-        await client.post("ftp://127.0.0.1/", content=b"x", timeout=5)
+async def test_a_body_its_encoding_cannot_decode_is_undecodable(client: ProviderClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 8\r\n\r\nnot gzip"
+        )
+        await writer.drain()
+        await asyncio.sleep(5)  # open: the body is whole, and still not gzip
+
+    async with _serve(handler) as url:
+        with pytest.raises(Undecodable):
+            await _post(client, url)
+
+
+async def test_a_url_that_is_not_http_is_bad(client: ProviderClient) -> None:
+    with pytest.raises(BadURL):
+        await _post(client, "ftp://127.0.0.1/")
+    with pytest.raises(BadURL):
+        await _post(client, "http://[::1/")
+
+
+async def test_a_redirect_is_answered_as_it_is(client: ProviderClient) -> None:
+    seen: list[str] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await _read_request(reader)
+        seen.append(line)
+        writer.write(b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\n")
+        writer.write(b"content-length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with _serve(handler) as url:
+        r, _ = await _post(client, url + "/v1")
+        assert r.status_code == 307 and seen == ["POST /v1 HTTP/1.1"]
+
+
+async def test_a_providers_cookies_are_not_kept(client: ProviderClient) -> None:
+    cookies: list[str | None] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                _, headers, _ = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            cookies.append(headers.get("cookie"))
+            writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: session=tenant-a; Path=/\r\n")
+            writer.write(b"content-length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with _serve(handler) as url:
+        await _post(client, url)
+        await _post(client, url)
+    assert cookies == [None, None]
+
+
+async def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines: list[str] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _, _ = await _read_request(reader)
+        lines.append(line)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nproxied")
+        await writer.drain()
+
+    async with _serve(proxy) as proxy_url:
+        for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+        async with ProviderClient(max_connections=4) as client:
+            _, body = await _post(client, "http://provider.invalid/v1/chat")
+            assert body == b"proxied"
+            assert lines == ["POST http://provider.invalid/v1/chat HTTP/1.1"]  # absolute form
+            with pytest.raises(ConnectError):  # not proxied: resolving .invalid fails
+                await _post(client, "http://bypassed.invalid/v1/chat")
+        assert len(lines) == 1

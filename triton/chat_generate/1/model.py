@@ -21,12 +21,12 @@ import json
 import os
 from typing import Any
 
-import httpx
 import numpy as np
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]
 
 from quorum import config
 from quorum.backends.openai import OpenAIChat
+from quorum.backends.transport import ProviderClient
 from quorum.errors import QuorumError
 from quorum.localmodels.routedchat import (
     Generation,
@@ -48,7 +48,7 @@ class TritonPythonModel:
         cfg = json.loads(args["model_config"])
         env = dict(os.environ)
         self.loop = asyncio.new_event_loop()
-        self.client = httpx.AsyncClient(trust_env=False)
+        self.client = ProviderClient(max_connections=100)
         max_tokens = int(_param(cfg, "max_tokens", "0"))
         self.generator = Generator(
             resolved_registry(config.load(None, env), env),

@@ -292,7 +292,7 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
     async with (
         _floor(provider) as floor_address,
-        ProviderClient(max_connections=args.concurrency) as http,
+        contextlib.aclosing(ProviderClient(max_connections=args.concurrency)) as http,
         grpc.aio.insecure_channel(addresses["router"]) as channel,
         grpc.aio.insecure_channel(floor_address) as floor_channel,
     ):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -52,7 +53,7 @@ class Forwarder(router_pb2_grpc.RouterServiceServicer):
 
 
 async def serve(port: int, provider: str) -> None:
-    async with ProviderClient(max_connections=100) as http:
+    async with aclosing(ProviderClient(max_connections=100)) as http:
         server = grpc.aio.server()
         router_pb2_grpc.add_RouterServiceServicer_to_server(Forwarder(provider, http), server)
         server.add_insecure_port(f"127.0.0.1:{port}")

@@ -26,7 +26,8 @@ What it keeps of a client, on purpose:
 What it leaves out: cookies (a provider's are dropped: one long-lived client serves every
 tenant), redirects (a 3xx is answered as it is, and the adapter refuses it), and retries (the
 router's attempt loop owns them). The session is made on the first call (it belongs to the
-running event loop) and closed by :meth:`ProviderClient.aclose`.
+running event loop) and closed by :meth:`ProviderClient.aclose` (``contextlib.aclosing`` makes a
+client a context manager).
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ import contextlib
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
-from types import TracebackType
-from typing import Self
 
 import aiohttp
 import certifi
@@ -235,14 +234,3 @@ class ProviderClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -280,7 +280,9 @@ async def _judges(
         registry = load_registry(data).resolve_keys({})  # remote judges only if simulated
         triton = triton_aio.InferenceServerClient(url=triton_address)
         stack.push_async_callback(triton.close)
-        http = await stack.enter_async_context(ProviderClient(max_connections=100))
+        http = await stack.enter_async_context(
+            contextlib.aclosing(ProviderClient(max_connections=100))
+        )
         channel = await stack.enter_async_context(grpc.aio.insecure_channel("127.0.0.1:9"))
         journal = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "eval.journal"
         # the simulated judge's calls are billed into a scratch journal, with no budgets

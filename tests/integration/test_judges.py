@@ -5,6 +5,7 @@ wait there)."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 
 import grpc
 import pytest
@@ -41,7 +42,7 @@ def judge_for(url: str, json_mode: str, client: ProviderClient, meter: Meter) ->
 
 @pytest.mark.parametrize("mode", ["json_schema", "json_object"])
 async def test_judge_votes_in_each_json_mode(sim, mode, meter):
-    async with ProviderClient(max_connections=10) as client:
+    async with aclosing(ProviderClient(max_connections=10)) as client:
         judge = judge_for(sim.url, mode, client, meter)
         result = await judge.judge(
             "I will kill you, you idiot", timeout_s=5, usage_key="m1", tenant="acme"
@@ -64,7 +65,7 @@ async def test_judge_votes_in_each_json_mode(sim, mode, meter):
 
 async def test_unparseable_verdict_is_an_error_not_a_vote_but_is_billed(sim, meter):
     sim.add_fault(Fault(kind="malformed_json"))
-    async with ProviderClient(max_connections=10) as client:
+    async with aclosing(ProviderClient(max_connections=10)) as client:
         with pytest.raises(Unavailable) as e:
             await judge_for(sim.url, "json_schema", client, meter).judge(
                 "hello", timeout_s=5, usage_key="m2", tenant="acme"
@@ -76,7 +77,7 @@ async def test_unparseable_verdict_is_an_error_not_a_vote_but_is_billed(sim, met
 
 async def test_a_judge_that_errors_bills_nothing_and_one_that_hangs_bills_an_estimate(sim, meter):
     sim.add_fault(Fault(kind="status", status=500, times=1))
-    async with ProviderClient(max_connections=10) as client:
+    async with aclosing(ProviderClient(max_connections=10)) as client:
         judge = judge_for(sim.url, "json_schema", client, meter)
         with pytest.raises(Unavailable):
             await judge.judge("hello", timeout_s=5, usage_key="err", tenant="acme")

@@ -54,7 +54,7 @@ def sim() -> Iterator[ProviderSimulator]:
 @pytest.fixture
 async def client() -> AsyncIterator[ProviderClient]:
     # the client the services send with
-    async with ProviderClient(max_connections=100) as c:
+    async with contextlib.aclosing(ProviderClient(max_connections=100)) as c:
         yield c
 
 

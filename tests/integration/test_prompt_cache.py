@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -43,7 +44,7 @@ async def test_the_adapter_reads_cached_tokens_unary_and_streamed(sim: ProviderS
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    async with ProviderClient(max_connections=10) as client:
+    async with aclosing(ProviderClient(max_connections=10)) as client:
         chat = OpenAIChat(client, {}, tracer_provider=provider)
         first = await chat.complete(backend, request("When do I plant tulips?"), timeout_s=5)
         assert first.usage.cached_input_tokens == 0

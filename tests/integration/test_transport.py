@@ -71,7 +71,7 @@ async def _serve(handler: Handler) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[ProviderClient]:
-    async with ProviderClient(max_connections=4) as c:
+    async with contextlib.aclosing(ProviderClient(max_connections=4)) as c:
         yield c
 
 
@@ -247,7 +247,7 @@ async def test_the_environments_proxy_is_used_unless_no_proxy_names_the_host(
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("HTTP_PROXY", proxy_url)
         monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
-        async with ProviderClient(max_connections=4) as client:
+        async with contextlib.aclosing(ProviderClient(max_connections=4)) as client:
             _, body = await _post(client, "http://provider.invalid/v1/chat")
             assert body == b"proxied"
             assert lines == ["POST http://provider.invalid/v1/chat HTTP/1.1"]  # absolute form

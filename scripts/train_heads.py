@@ -8,7 +8,8 @@
 Each head is a logistic regression, one per group of categories, over all-MiniLM-L6-v2
 embeddings (``--kind minilm``, :mod:`quorum.localmodels.embedding`, written to
 ``triton/text_heads/1/heads.json``) or over hashed character n-grams (``--kind ngram``,
-:mod:`quorum.localmodels.ngram`, written to ``triton/ngram_heads/1/heads.npz``):
+:mod:`quorum.localmodels.ngram`, written to ``triton/ngram_heads/1/heads.npz``; the spam head
+also over hashed words, ``ngram.WORD_HEADS``):
 
     head       categories         trained on (quorum.datasets train splits)
     toxic      harassment         toxic (offensive tweets and Wikipedia comments)
@@ -246,6 +247,16 @@ def fit(x: Any, y: I64, cs: Sequence[float]) -> tuple[F32, float, float, float]:
     return weights, float(model.intercept_[0]), cutoff, c
 
 
+def fit_head(spec: Spec, kind: str, x: Any, y: I64) -> tuple[F32, float, float, float]:
+    """:func:`fit` on a head's features: an n-gram head not in ``ngram.WORD_HEADS`` sees the
+    character block only, and gets zero weights on the word block."""
+    if kind != "ngram" or spec.name in ngram.WORD_HEADS:
+        return fit(x, y, CS[kind])
+    weights, bias, cutoff, c = fit(x[:, : ngram.CHAR_FEATURES], y, CS[kind])
+    padded: F32 = np.concatenate([weights, np.zeros(ngram.WORD_FEATURES, dtype=np.float32)])
+    return padded, bias, cutoff, c
+
+
 def _train_xy(spec: Spec, train: dict[str, Featurized], short: Any) -> tuple[Any, I64]:
     xs = [train[s].x for s in spec.sets]
     ys = [train[s].labels for s in spec.sets]
@@ -336,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     short = short_benign(train, cache, "train", kind)
     for spec in SPECS:
         x, y = _train_xy(spec, train, short)
-        weights, bias, cutoff, c = fit(x, y, CS[kind])
+        weights, bias, cutoff, c = fit_head(spec, kind, x, y)
         built.append(Head(spec.name, spec.categories, weights, bias, cutoff))
         notes[spec.name] = {
             "trained_on": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,28 +30,50 @@ def heads() -> Heads:
     return ngram.load(HEADS_FILE)
 
 
-def test_features_are_sparse_unit_rows_and_the_same_every_time() -> None:
-    x = ngram.featurize([BENIGN, SPAM, ""])
-    assert x.shape == (3, ngram.FEATURES)
-    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
-    assert norms[:2] == pytest.approx([1.0, 1.0], abs=1e-5)
-    assert norms[2] == 0.0  # no n-grams, no features
-    again = ngram.featurize([BENIGN, SPAM, ""])
+def _block_norms(x: Any) -> tuple[np.ndarray, np.ndarray]:
+    chars, words = x[:, : ngram.CHAR_FEATURES], x[:, ngram.CHAR_FEATURES :]
+    return (
+        np.sqrt(np.asarray(chars.multiply(chars).sum(axis=1))).ravel(),
+        np.sqrt(np.asarray(words.multiply(words).sum(axis=1))).ravel(),
+    )
+
+
+def test_features_are_two_sparse_unit_blocks_and_the_same_every_time() -> None:
+    x = ngram.featurize([BENIGN, SPAM, "", "!"])
+    assert x.shape == (4, ngram.FEATURES) == (4, ngram.CHAR_FEATURES + ngram.WORD_FEATURES)
+    chars, words = _block_norms(x)
+    assert chars[:2] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert words[:2] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert chars[2] == words[2] == 0.0  # no n-grams, no features
+    assert chars[3] == pytest.approx(1.0, abs=1e-5) and words[3] == 0.0  # "!" is no word
+    again = ngram.featurize([BENIGN, SPAM, "", "!"])
     assert (x != again).nnz == 0
     # lower-cased: case alone changes nothing
     assert (ngram.featurize([SPAM.lower()]) != x[1]).nnz == 0
 
 
 def test_features_equal_the_hashing_vectorizers() -> None:
-    """featurize calls the vectorizer's hashing core itself (its transform costs ~2 ms a call
-    in checks): the same matrix, to float32 rounding, for all kinds of text."""
+    """featurize calls the vectorizers' hashing core itself (their transform costs ~2 ms a
+    call in checks): the same blocks, to float32 rounding, for all kinds of text."""
     texts = ["you are an idiot", "", " ", "a", "Hello, WORLD!! 😀", "ＦＵＬＬ width", "x" * 5000]
     texts += ["\n".join(["línea", "Жж", "漢字 かな", "tab\there"]), "spam spam spam http://x.y/z"]
     ours = ngram.featurize(texts)
-    theirs = ngram._vectorizer().transform(texts)
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype == np.float32
-    assert (ours != theirs).nnz == 0 or abs(ours - theirs).max() < 1e-6
-    assert ours.nnz == theirs.nnz
+    blocks = (
+        (ours[:, : ngram.CHAR_FEATURES], ngram._vectorizer().transform(texts)),
+        (ours[:, ngram.CHAR_FEATURES :], ngram._word_vectorizer().transform(texts)),
+    )
+    for mine, theirs in blocks:
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype == np.float32
+        assert (mine != theirs).nnz == 0 or abs(mine - theirs).max() < 1e-6
+        assert mine.nnz == theirs.nnz
+
+
+def test_only_the_word_heads_weigh_words(heads: Heads) -> None:
+    assert {h.name for h in heads.heads} >= ngram.WORD_HEADS
+    for h in heads.heads:
+        on_words = np.count_nonzero(h.weights[ngram.CHAR_FEATURES :])
+        assert (on_words > 0) == (h.name in ngram.WORD_HEADS), h.name
+        assert np.count_nonzero(h.weights[: ngram.CHAR_FEATURES]) > 0
 
 
 def test_the_committed_heads_cover_every_category_with_cutoffs_in_range(heads: Heads) -> None:

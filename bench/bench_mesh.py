@@ -75,6 +75,83 @@ def start_quorum_up(
     return proc, addresses, took
 
 
+def cpu_s(*pids: int) -> float:
+    """CPU seconds (user + system, every thread) processes have used so far (Linux /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    out = []
+    for task in tasks:
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _part(pid: int) -> str:
+    """What a process of the mesh is, from its command line."""
+    if pid == os.getpid():
+        return "this client"
+    try:
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return "gone"
+    for arg in argv:
+        if arg.startswith("services."):
+            return arg.removeprefix("services.")
+        if arg.endswith("model.py"):  # a Triton Python-backend stub: .../<model>/1/model.py
+            return f"{Path(arg).parts[-3]} stub"
+    name = Path(argv[0]).name if argv else "?"
+    script = next((Path(a).stem for a in argv[1:2] if a.endswith(".py")), "")
+    return script or ("quorum up" if "up" in argv[1:3] else name)
+
+
+def processes(*roots: int, named: dict[int, str] | None = None) -> dict[str, list[int]]:
+    """The processes under ``roots`` (each root and its descendants), by what they are
+    (:func:`_part`: ``router``, ``voter``, ``cost``, ``tritonserver``, ``<model> stub``, a
+    script's name); a process in ``named``, and every process under it, by that name."""
+    parts: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    todo = [(pid, "") for pid in roots]
+    while todo:
+        pid, inherited = todo.pop()
+        if pid in seen:  # a root may be another's child (this client started them)
+            continue
+        seen.add(pid)
+        name = (named or {}).get(pid) or inherited
+        parts.setdefault(name or _part(pid), []).append(pid)
+        todo += [(child, name) for child in _children(pid)]
+    return parts
+
+
+def cpu_line(parts: dict[str, list[int]], before: dict[str, float], calls: int, what: str) -> str:
+    """The CPU each part used a call since ``before`` (``{part: cpu_s(...)}``), in ms."""
+    used = {
+        n: (cpu_s(*pids) - before.get(n, 0.0)) * 1000 / max(calls, 1) for n, pids in parts.items()
+    }
+    total = sum(used.values())
+    ceiling = 1000 * (os.cpu_count() or 1) / max(total, 1e-9)
+    shown = sorted(((ms, n) for n, ms in used.items() if ms >= 0.01), reverse=True)
+    return (
+        f"    CPU a {what}: "
+        + ", ".join(f"{n} {ms:.2f} ms" for ms, n in shown)
+        + f"; {total:.2f} ms in all: about {ceiling:.0f} {what}s/s, every core busy"
+    )
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)

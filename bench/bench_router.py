@@ -29,7 +29,11 @@ Then:
    like. The gRPC rows spread their calls over ``--channels`` channels, each its own
    connection (one by default with one router process, as before; one per call in flight
    with several: a connection is served by one router process, and LiteLLM's client opens
-   one per call in flight anyway). LiteLLM is installed by this script into a virtual
+   one per call in flight anyway). After each router row and LiteLLM's, a line breaks the
+   CPU down by process (user + system, every thread, from /proc), per request: the router,
+   the voter, the cost service, Triton and each model's stub, the provider stand-in, this
+   client (LiteLLM's row: its own processes, the provider and this client). LiteLLM is
+   installed by this script into a virtual
    environment of its own (``.quorum/bench/litellm``; never a dependency of Quorum) on first
    use, from PyPI.
 
@@ -58,7 +62,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from bench_mesh import start_quorum_up, stop
+from bench_mesh import cpu_line, cpu_s, processes, start_quorum_up, stop
 from grpcfloor import post_json
 
 from quorum.backends.transport import ProviderClient
@@ -286,7 +290,11 @@ def _row(label: str, ms: list[float], rate: int | None = None) -> str:
     )
 
 
-async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Path) -> None:
+async def _measure(
+    addresses: dict[str, str], args: argparse.Namespace, tmp: Path, roots: list[int]
+) -> None:
+    """Both measurements; ``roots``: the processes whose CPU the throughput rows break down (the
+    mesh and the provider stand-in, with their children)."""
     provider = addresses["provider"]
     direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
@@ -330,19 +338,27 @@ async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Pat
                 ("router Complete, moderation off", _complete(router_stubs, none)),
                 ("router Complete, input moderation", _complete(router_stubs, inp)),
             ):
+                parts = processes(os.getpid(), *roots)
+                before = {n: cpu_s(*pids) for n, pids in parts.items()}
                 rate, ms = await _saturated(call, args.concurrency, args.seconds)
                 rates[label] = rate
                 print(_row(label, ms, rate))
+                if label.startswith("router"):
+                    print(cpu_line(parts, before, len(ms), "request"))
         if args.litellm:
             proc, url = await asyncio.to_thread(_start_litellm, provider, tmp, workers)
             try:
+                parts = processes(os.getpid(), named={proc.pid: "LiteLLM"})
+                before = {n: cpu_s(*pids) for n, pids in parts.items()}
                 rate, ms = await _saturated(
                     _http(http, url, _body(MODEL)), args.concurrency, args.seconds
                 )
+                used = cpu_line(parts, before, len(ms), "request")
             finally:
                 proc.terminate()
                 proc.wait(30)
             print(_row(f"LiteLLM proxy {LITELLM_VERSION}, {workers} worker(s)", ms, rate))
+            print(used)
             for label in ("router Complete, moderation off", "router Complete, input moderation"):
                 print(f"  {label}: {rates[label] / max(rate, 1):.1f}x LiteLLM's requests/s")
 
@@ -400,8 +416,9 @@ def main() -> None:
             proc, addresses, took = start_quorum_up(Path(tmp) / "mesh", env)
             addresses["provider"] = url or addresses["simulator"]
             print(f"quorum up in {took:.1f} s", flush=True)
+            roots = [proc.pid, *([fast.pid] if fast is not None else [])]
             try:
-                asyncio.run(_measure(addresses, args, Path(tmp)))
+                asyncio.run(_measure(addresses, args, Path(tmp), roots))
             finally:
                 stop(proc)
         finally:

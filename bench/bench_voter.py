@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
+from bench_mesh import cpu_line, cpu_s
 
 from quorum import config
 from quorum.ids import free_ports
@@ -153,18 +154,6 @@ def _line(
     )
 
 
-def _cpu_s(*pids: int) -> float:
-    """CPU seconds (user + system, every thread) processes have used so far (Linux /proc)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def _parts(triton: TritonServer, voter_pid: int) -> dict[str, list[int]]:
     """The processes that do the work, by name: the voter, Triton's core and each model's
     Python stubs (Triton's children, named by their model.py: one per instance), and this
@@ -197,23 +186,13 @@ async def _local(triton: TritonServer, args: argparse.Namespace, data_dir: str) 
         ):
             print(label + (f", ModerateBatch of {batch} texts" if batch else ""), flush=True)
             for c in levels:
-                before = {name: _cpu_s(*pids) for name, pids in parts.items()}
+                before = {name: cpu_s(*pids) for name, pids in parts.items()}
                 lat, elapsed = await _throughput(stub, c, args.seconds, models, batch)
                 calls = "batches" if batch else "concurrency"
                 print(_line(f"{calls} {c}", lat, elapsed, max(batch, 1)), flush=True)
                 if c == levels[-1]:
                     texts = len(lat) * max(batch, 1)
-                    used = {
-                        n: (_cpu_s(*pids) - before[n]) * 1000 / texts for n, pids in parts.items()
-                    }
-                    total = sum(used.values())
-                    ceiling = 1000 * (os.cpu_count() or 1) / total
-                    print(
-                        "    CPU a text: "
-                        + ", ".join(f"{n} {ms:.2f} ms" for n, ms in used.items() if ms >= 0.01)
-                        + f"; {total:.2f} ms in all: about {ceiling:.0f} texts/s, every core busy",
-                        flush=True,
-                    )
+                    print(cpu_line(parts, before, texts, "text"), flush=True)
 
 
 async def _early(triton: TritonServer, args: argparse.Namespace, data_dir: str) -> None:

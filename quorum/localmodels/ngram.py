@@ -69,35 +69,29 @@ FEATURIZER = (
 )
 
 
-@functools.cache
-def _vectorizer() -> Any:
-    """The character block, as scikit-learn computes it (:func:`featurize` does the same)."""
+def _hashing_vectorizer(width: int, **analysis: Any) -> Any:
     from sklearn.feature_extraction.text import HashingVectorizer
 
     return HashingVectorizer(
-        analyzer="char_wb",
-        ngram_range=NGRAMS,
-        n_features=CHAR_FEATURES,
+        n_features=width,
         alternate_sign=False,
         norm="l2",
         lowercase=True,
         dtype=np.float32,
+        **analysis,
     )
+
+
+@functools.cache
+def _vectorizer() -> Any:
+    """The character block, as scikit-learn computes it (:func:`featurize` does the same)."""
+    return _hashing_vectorizer(CHAR_FEATURES, analyzer="char_wb", ngram_range=NGRAMS)
 
 
 @functools.cache
 def _word_vectorizer() -> Any:
     """The word block, as scikit-learn computes it (:func:`featurize` does the same)."""
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    return HashingVectorizer(
-        analyzer="word",
-        n_features=WORD_FEATURES,
-        alternate_sign=False,
-        norm="l2",
-        lowercase=True,
-        dtype=np.float32,
-    )
+    return _hashing_vectorizer(WORD_FEATURES, analyzer="word")
 
 
 @functools.cache

@@ -290,11 +290,9 @@ def _row(label: str, ms: list[float], rate: int | None = None) -> str:
     )
 
 
-async def _measure(
-    addresses: dict[str, str], args: argparse.Namespace, tmp: Path, roots: list[int]
-) -> None:
-    """Both measurements; ``roots``: the processes whose CPU the throughput rows break down (the
-    mesh and the provider stand-in, with their children)."""
+async def _measure(addresses: dict[str, str], args: argparse.Namespace, tmp: Path) -> None:
+    """Both measurements. The CPU lines read every process this one started (the mesh, the
+    provider stand-in, the floor, LiteLLM), with their children."""
     provider = addresses["provider"]
     direct_url = provider + "/chat/completions"
     none, inp = router_pb2.MODERATION_MODE_NONE, router_pb2.MODERATION_MODE_INPUT
@@ -338,7 +336,7 @@ async def _measure(
                 ("router Complete, moderation off", _complete(router_stubs, none)),
                 ("router Complete, input moderation", _complete(router_stubs, inp)),
             ):
-                parts = processes(os.getpid(), *roots)
+                parts = processes(os.getpid())
                 before = {n: cpu_s(*pids) for n, pids in parts.items()}
                 rate, ms = await _saturated(call, args.concurrency, args.seconds)
                 rates[label] = rate
@@ -416,9 +414,8 @@ def main() -> None:
             proc, addresses, took = start_quorum_up(Path(tmp) / "mesh", env)
             addresses["provider"] = url or addresses["simulator"]
             print(f"quorum up in {took:.1f} s", flush=True)
-            roots = [proc.pid, *([fast.pid] if fast is not None else [])]
             try:
-                asyncio.run(_measure(addresses, args, Path(tmp), roots))
+                asyncio.run(_measure(addresses, args, Path(tmp)))
             finally:
                 stop(proc)
         finally:

@@ -37,7 +37,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
-from bench_mesh import cpu_line, cpu_s
+from bench_mesh import cpu_line, cpu_s, processes
 
 from quorum import config
 from quorum.ids import free_ports
@@ -64,11 +64,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 @asynccontextmanager
-async def _voter(
-    config_text: str, data_dir: str, pids: list[int] | None = None
-) -> AsyncIterator[voter_pb2_grpc.VoterServiceStub]:
-    """The voter as its own process (as in production), on a free port (its pid appended to
-    ``pids``)."""
+async def _voter(config_text: str, data_dir: str) -> AsyncIterator[voter_pb2_grpc.VoterServiceStub]:
+    """The voter as its own process (as in production), on a free port."""
     path = Path(data_dir) / "voter.toml"
     path.write_text(config_text, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QUORUM_", "OTEL_"))}
@@ -82,8 +79,6 @@ async def _voter(
         text=True,
         env=env,
     )
-    if pids is not None:
-        pids.append(proc.pid)
     try:
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
@@ -154,31 +149,13 @@ def _line(
     )
 
 
-def _parts(triton: TritonServer, voter_pid: int) -> dict[str, list[int]]:
-    """The processes that do the work, by name: the voter, Triton's core and each model's
-    Python stubs (Triton's children, named by their model.py: one per instance), and this
-    client."""
-    parts = {"voter": [voter_pid], "this client": [os.getpid()]}
-    if triton.pid is not None:
-        parts["tritonserver"] = [triton.pid]
-        for task in Path(f"/proc/{triton.pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                cmd = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-                model = next(
-                    (Path(a.decode()).parts[-3] for a in cmd if a.endswith(b"model.py")), ""
-                )
-                if model:
-                    parts.setdefault(f"{model} stub", []).append(int(child))
-    return parts
-
-
 async def _local(triton: TritonServer, args: argparse.Namespace, data_dir: str) -> None:
-    pids: list[int] = []
     batch = args.batch
-    async with _voter(_config(triton), data_dir, pids) as stub:
+    async with _voter(_config(triton), data_dir) as stub:
         judges = [j.name for j in load_registry(config.load(env={})).resolve_keys({}).judges()]
         await _throughput(stub, 4, 1.0, [], batch)  # warm-up
-        parts = _parts(triton, pids[0])
+        # the voter, Triton and each model's stubs (this client started them), and this client
+        parts = processes(os.getpid())
         levels = (1, args.batch_concurrency) if batch else (1, args.concurrency)
         for label, models in (
             (f"every local judge ({', '.join(judges)})", []),

@@ -61,7 +61,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -238,15 +238,10 @@ def _batch_records(table: Mapping[str, Any], where: str) -> int:
 # --- the journal file ------------------------------------------------------------------------
 
 
-#: a record's fields, as the journal writes them (``asdict`` would copy each value deeply:
-#: a fifth of a journal line's cost, for fields that are all scalars)
-_RECORD_FIELDS = tuple(f.name for f in fields(UsageRecord))
-
-
 def _line(op: str, rec: UsageRecord | None = None, key: str = "") -> str:
     body: dict[str, Any] = {"op": op}
     if rec is not None:
-        body.update((name, getattr(rec, name)) for name in _RECORD_FIELDS)
+        body.update(vars(rec))  # its fields, all scalars (asdict would deep-copy each)
     else:
         body["request_id"] = key
     return json.dumps(body, separators=(",", ":")) + "\n"

@@ -197,11 +197,11 @@ class ProviderClient:
         if not self._proxies:
             return None
         scheme, _, rest = url.partition("://")
-        origin = f"{scheme}://{rest.split('/', 1)[0]}"
+        netloc = rest.split("/", 1)[0]
+        origin = f"{scheme}://{netloc}"
         if origin not in self._proxy_for:
             proxy = self._proxies.get(scheme.lower())
-            host = rest.split("/", 1)[0].rpartition("@")[2]
-            if proxy and bypassed(host, self._no_proxy):
+            if proxy and bypassed(netloc.rpartition("@")[2], self._no_proxy):
                 proxy = None
             self._proxy_for[origin] = proxy
         return self._proxy_for[origin]

@@ -11,8 +11,9 @@ URLs, e-mail boilerplate, the wording of jailbreak templates. Their errors diffe
 what a vote needs. Only the heads in :data:`WORD_HEADS` use the word block (the others'
 weights there are zero). Words help the spam head on short chat messages, whose few telling
 words ("airdrop", "dm") weigh little among their character n-grams: on the test splits its F1
-went from 0.81 to 0.83 on chat spam and from 0.93 to 0.94 on e-mail. Given to every head
-they made the heads trained on the small written sets worse (violence F1 0.82 to 0.72).
+went from 0.81 to 0.83 on chat spam and from 0.93 to 0.94 on e-mail (``scripts/train_heads.py
+--kind ngram --eval`` prints the committed heads' figures). Given to every head in a trial,
+they made the violence head, trained on a small written set, worse.
 
 **Heads.** One logistic regression per group of categories, trained by
 ``scripts/train_heads.py --kind ngram`` on the same data and with the same negatives as the
